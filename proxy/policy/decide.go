@@ -1,0 +1,223 @@
+package policy
+
+import (
+	"fmt"
+	"net/url"
+
+	"metaguard.dev/metaguard/identity"
+)
+
+// Action is what happens to a request.
+type Action uint8
+
+// Actions, from most to least permissive.
+const (
+	// Deny answers 403 and forwards nothing.
+	Deny Action = iota
+	// Allow forwards the request and relays the response unchanged.
+	Allow
+	// Strip forwards the request and removes credential entries from the
+	// directory listing or recursive dump in the response.
+	Strip
+)
+
+func (a Action) String() string {
+	switch a {
+	case Allow:
+		return "allow"
+	case Strip:
+		return "strip"
+	default:
+		return "deny"
+	}
+}
+
+// Reasons are stable codes for logs, metrics and deny messages.
+const (
+	ReasonAllowed            = "allowed"
+	ReasonCredentialsAllowed = "credentials-allowed"
+	ReasonCredentialsHidden  = "credentials-stripped"
+	ReasonDefaultAllow       = "default-allow"
+	ReasonNoRule             = "no-rule-selects-pod"
+	ReasonNotAllowed         = "not-allowed-by-rules"
+	ReasonCredentialPath     = "credential-path"
+	ReasonMethod             = "method-not-served"
+)
+
+// Request is a canonical request: Path has passed CanonicalPath, Query
+// holds only validated keys with one value each.
+type Request struct {
+	Endpoint *Endpoint
+	Method   string
+	Path     string
+	Query    url.Values
+}
+
+// Decision is the outcome of evaluating a request against the policy.
+type Decision struct {
+	Action Action
+	// Audit is set when enforce would deny but an audit mode (the
+	// policy's or a selecting rule's) lets the request through: the
+	// request is forwarded as is and logged as audit-deny.
+	Audit bool
+	// Rule names the deciding rule; empty when no rule decided.
+	Rule   string
+	Reason string
+}
+
+// Label is the decision as the audit log and metrics name it.
+func (d Decision) Label() string {
+	if d.Audit {
+		return "audit-deny"
+	}
+	return d.Action.String()
+}
+
+// Forwarded reports whether the request goes upstream.
+func (d Decision) Forwarded() bool { return d.Action != Deny || d.Audit }
+
+// Decide evaluates req for the pod id. It is pure and allocation-free: the
+// same inputs always give the same decision.
+func (p *Policy) Decide(id identity.Identity, req Request) Decision {
+	return p.decide(id, &req, nil)
+}
+
+// trace records why a decision was made, for explain.
+type trace struct {
+	selected []string
+	allowing []string
+}
+
+func (p *Policy) decide(id identity.Identity, req *Request, tr *trace) Decision {
+	ep := req.Endpoint
+	if !ep.MethodAllowed(req.Method) {
+		// Not a policy question: the API does not serve the method, so
+		// no mode turns this into a forward.
+		return Decision{Action: Deny, Reason: ReasonMethod}
+	}
+	credential := ep.IsCredential(req.Path)
+
+	var (
+		selected, audit bool
+		allowRule       string // first rule that allows the request
+		credRule        string // first allowing rule with credentials: allow
+	)
+	for _, r := range p.rules {
+		if !r.selects(id.Labels, id.NamespaceLabels, id.ServiceAccount, ep) {
+			continue
+		}
+		selected = true
+		audit = audit || r.mode == ModeAudit
+		if tr != nil {
+			tr.selected = append(tr.selected, r.name)
+		}
+		for i := range r.allow {
+			if !r.allow[i].allows(req) {
+				continue
+			}
+			if tr != nil {
+				tr.allowing = append(tr.allowing, r.name)
+			}
+			if allowRule == "" {
+				allowRule = r.name
+			}
+			if r.credentialsAllow && credRule == "" {
+				credRule = r.name
+			}
+			break
+		}
+	}
+	audit = audit || p.Mode == ModeAudit
+
+	var d Decision
+	switch {
+	case !selected && p.DefaultAction == Deny:
+		d = Decision{Action: Deny, Reason: ReasonNoRule}
+	case !selected:
+		// defaultAction: allow opens the API, not the credential class:
+		// credentials are reachable only through a rule that says so.
+		switch {
+		case credential:
+			d = Decision{Action: Deny, Reason: ReasonCredentialPath}
+		case ep.mayListCredentials(req.Path):
+			d = Decision{Action: Strip, Reason: ReasonCredentialsHidden}
+		default:
+			d = Decision{Action: Allow, Reason: ReasonDefaultAllow}
+		}
+	case allowRule == "":
+		d = Decision{Action: Deny, Reason: ReasonNotAllowed}
+	case credRule != "" && (credential || ep.mayListCredentials(req.Path)):
+		d = Decision{Action: Allow, Rule: credRule, Reason: ReasonCredentialsAllowed}
+	case credential:
+		d = Decision{Action: Deny, Rule: allowRule, Reason: ReasonCredentialPath}
+	case ep.mayListCredentials(req.Path):
+		d = Decision{Action: Strip, Rule: allowRule, Reason: ReasonCredentialsHidden}
+	default:
+		d = Decision{Action: Allow, Rule: allowRule, Reason: ReasonAllowed}
+	}
+	if d.Action == Deny && audit {
+		d.Audit = true
+	}
+	return d
+}
+
+// CanRead reports whether the pod may see path itself on ep: the test
+// applied to each entry of a listing being stripped.
+func (p *Policy) CanRead(id identity.Identity, ep *Endpoint, path string) bool {
+	if !ep.IsCredential(path) {
+		return true
+	}
+	d := p.decide(id, &Request{Endpoint: ep, Method: "GET", Path: path}, nil)
+	return d.Action == Allow
+}
+
+// Explanation is a decision with the reasoning behind it, for operators.
+type Explanation struct {
+	Decision Decision
+	// Selecting names every rule that selects the pod; Allowing those
+	// that also allow the method, path and query.
+	Selecting  []string
+	Allowing   []string
+	Credential bool // the path is in the credential class
+	Listing    bool // responses may name credential paths (strip applies)
+	Why        string
+}
+
+// Explain evaluates req like Decide and says why.
+func (p *Policy) Explain(id identity.Identity, req Request) Explanation {
+	var tr trace
+	d := p.decide(id, &req, &tr)
+	x := Explanation{
+		Decision:   d,
+		Selecting:  tr.selected,
+		Allowing:   tr.allowing,
+		Credential: req.Endpoint.IsCredential(req.Path),
+		Listing:    req.Endpoint.mayListCredentials(req.Path),
+	}
+	switch d.Reason {
+	case ReasonMethod:
+		x.Why = fmt.Sprintf("the %s endpoint %q does not serve %s", req.Endpoint.Flavor, req.Endpoint.Name, req.Method)
+	case ReasonNoRule:
+		x.Why = "no rule selects this pod and defaultAction is deny"
+	case ReasonDefaultAllow:
+		x.Why = "no rule selects this pod and defaultAction is allow"
+	case ReasonNotAllowed:
+		x.Why = fmt.Sprintf("rules %v select this pod but none allows %s %s", tr.selected, req.Method, req.Path)
+	case ReasonCredentialPath:
+		if d.Rule == "" {
+			x.Why = "the path is a credential path and defaultAction never opens credentials"
+		} else {
+			x.Why = fmt.Sprintf("the path is a credential path and no allowing rule says credentials: allow (allowing: %v)", tr.allowing)
+		}
+	case ReasonCredentialsHidden:
+		x.Why = "the response may list credential paths; they are removed from it"
+	case ReasonCredentialsAllowed:
+		x.Why = fmt.Sprintf("rule %q allows the path and says credentials: allow", d.Rule)
+	case ReasonAllowed:
+		x.Why = fmt.Sprintf("rule %q allows %s %s", d.Rule, req.Method, req.Path)
+	}
+	if d.Audit {
+		x.Why += "; audit mode forwards it anyway and logs audit-deny"
+	}
+	return x
+}
