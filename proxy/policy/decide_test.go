@@ -104,15 +104,15 @@ func TestDecide(t *testing.T) {
 	seed1 := pod("metadata-access", map[string]string{"app": "pod1"}, nil, "")
 
 	tests := []struct {
-		name    string
-		id      identity.Identity
-		ep      string
-		method  string
-		path    string
-		query   url.Values
-		want    string // decision label
-		rule    string
-		reason  string
+		name   string
+		id     identity.Identity
+		ep     string
+		method string
+		path   string
+		query  url.Values
+		want   string // decision label
+		rule   string
+		reason string
 	}{
 		// Rules are additive; a request is allowed when any selecting rule allows it.
 		{"an empty podSelector selects every pod", plain, "aws", "GET", "/latest/meta-data/instance-id", nil, "allow", "node-facts", ReasonAllowed},
