@@ -1,0 +1,24 @@
+// Package redirect owns metaguard's kernel rules: the iptables and ip6tables
+// rules that send pods' TCP connections for metadata endpoints to the proxy
+// and drop every other packet pods send to those addresses.
+//
+// It installs, verifies, repairs and removes exactly two chains per address
+// family, nat METAGUARD-PREROUTING (jumped to from PREROUTING at position 1)
+// and filter METAGUARD-FORWARD (jumped to from FORWARD at position 1), and
+// nothing else. The desired rules are a pure function of the endpoints, the
+// node's host IPs and the proxy port (desiredRules); a Reconciler compares
+// them with what the kernel lists and fixes the difference, so a periodic
+// Sync repairs what another agent's iptables-restore flushed or reordered.
+//
+// It must not read policies (cmd converts the policy's endpoints into
+// []Endpoint), must not touch rules or chains it does not own, must not
+// match on interface names (CNIs name them differently and a missed name is a
+// silent bypass) and must never DNAT to 127.0.0.1 (that needs route_localnet,
+// CVE-2020-8558). It talks to the kernel only through the iptables binaries,
+// via github.com/coreos/go-iptables behind the narrow runner interface, and
+// to conntrack only through the conntrack binary.
+//
+// Public surface: Config, Endpoint, New, Reconciler (Sync, SetEndpoints,
+// Run, Ready, Backend, Cleanup), CleanupAll, OriginalDst, and the chain names
+// NATChain and FilterChain.
+package redirect
