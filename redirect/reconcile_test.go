@@ -1,0 +1,505 @@
+package redirect
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// foreignRules stand for kube-proxy, the CNI and Docker: metaguard must put
+// its jumps above them and never touch them.
+var foreignRules = []string{
+	"-t nat -N KUBE-SERVICES",
+	"-t nat -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+	"-t nat -A POSTROUTING -j MASQUERADE",
+	"-t filter -N CNI-FORWARD",
+	"-t filter -A FORWARD -m comment --comment \"CNI firewall plugin rules\" -j CNI-FORWARD",
+	"-t filter -A FORWARD -d 169.254.169.254/32 -j ACCEPT",
+}
+
+type fixture struct {
+	sys  *fakeSystem
+	v4   *fakeTables
+	v6   *fakeTables
+	reg  *prometheus.Registry
+	rec  *Reconciler
+	base string // v4 state before metaguard
+}
+
+func newFixture(t *testing.T, hosts ...netip.Addr) *fixture {
+	t.Helper()
+	sys := newFakeSystem(backendNFT, backendLegacy)
+	fx := &fixture{sys: sys, v4: sys.tables[backendNFT][ipv4], v6: sys.tables[backendNFT][ipv6], reg: prometheus.NewRegistry()}
+	for _, cmd := range foreignRules {
+		fx.v4.run(cmd)
+		fx.v6.run(strings.ReplaceAll(cmd, "169.254.169.254/32", "fd00:ec2::254/128"))
+	}
+	fx.base = fx.v4.save()
+	if len(hosts) == 0 {
+		hosts = []netip.Addr{host4, host6}
+	}
+	rec, err := New(Config{HostIPs: hosts, ListenPort: 8181, Mode: ModeNFT, Registerer: fx.reg, sys: sys.system()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.rec = rec
+	return fx
+}
+
+func (fx *fixture) setAndSync(t *testing.T, eps ...Endpoint) {
+	t.Helper()
+	if err := fx.rec.SetEndpoints(eps); err != nil {
+		t.Fatal(err)
+	}
+	if err := fx.rec.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (fx *fixture) repairs() float64 { return testutil.ToFloat64(fx.rec.metrics.repairs) }
+func (fx *fixture) syncs(result string) float64 {
+	return testutil.ToFloat64(fx.rec.metrics.syncs.WithLabelValues(result))
+}
+
+// chainRules lists a chain's rules as "-A" lines.
+func chainRules(t *testing.T, ft *fakeTables, table, chain string) []string {
+	t.Helper()
+	lines, err := ft.List(table, chain)
+	if err != nil {
+		t.Fatalf("listing %s %s: %v", table, chain, err)
+	}
+	return slices.DeleteFunc(lines, func(l string) bool { return !strings.HasPrefix(l, "-A") })
+}
+
+// withoutMetaguard removes metaguard's chains, jumps and rules from a dump,
+// leaving what belongs to others.
+func withoutMetaguard(dump string) string {
+	var out []string
+	for _, l := range strings.Split(dump, "\n") {
+		if !strings.Contains(l, "METAGUARD-") && !strings.Contains(l, "metaguard:") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func TestFirstSyncInstallsAboveExistingRules(t *testing.T) {
+	fx := newFixture(t)
+	if fx.rec.Ready() {
+		t.Fatal("ready before any sync")
+	}
+	fx.setAndSync(t, awsV4, awsV6, private)
+
+	for _, ft := range []*fakeTables{fx.v4, fx.v6} {
+		for _, h := range hooks {
+			got := chainRules(t, ft, h.table, h.builtin)
+			if want := "-A " + h.builtin + " " + quote(jumpRule(h)); got[0] != want {
+				t.Errorf("%s %s starts with %q, want %q", h.table, h.builtin, got[0], want)
+			}
+		}
+	}
+	if n := len(chainRules(t, fx.v4, "nat", NATChain)); n != 2 {
+		t.Errorf("v4 nat chain has %d rules, want 2", n)
+	}
+	if n := len(chainRules(t, fx.v6, "nat", NATChain)); n != 1 {
+		t.Errorf("v6 nat chain has %d rules, want 1", n)
+	}
+	if got := withoutMetaguard(fx.v4.save()); got != withoutMetaguard(fx.base) {
+		t.Errorf("others' rules changed:\n%s\nwant:\n%s", got, fx.base)
+	}
+	if !fx.rec.Ready() {
+		t.Error("not ready after a successful sync")
+	}
+	if fx.repairs() != 0 {
+		t.Errorf("install counted as %v repairs", fx.repairs())
+	}
+	if fx.syncs("ok") != 1 {
+		t.Errorf("syncs{ok} = %v, want 1", fx.syncs("ok"))
+	}
+}
+
+func TestSecondSyncWritesNothing(t *testing.T) {
+	fx := newFixture(t)
+	fx.setAndSync(t, awsV4, awsV6, private)
+	before := fx.v4.save()
+	fx.v4.resetOps()
+	fx.v6.resetOps()
+	fx.sys.flushes.take()
+
+	if err := fx.rec.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if w := append(fx.v4.writes(), fx.v6.writes()...); len(w) != 0 {
+		t.Errorf("an unchanged kernel got writes: %q", w)
+	}
+	if got := fx.v4.save(); got != before {
+		t.Errorf("state changed:\n%s\nwant:\n%s", got, before)
+	}
+	if f := fx.sys.flushes.take(); len(f) != 0 {
+		t.Errorf("an unchanged sync flushed conntrack for %v", f)
+	}
+	if fx.repairs() != 0 {
+		t.Errorf("repairs = %v, want 0", fx.repairs())
+	}
+}
+
+func TestSyncRepairsWhatOthersChanged(t *testing.T) {
+	tests := []struct {
+		name    string
+		disrupt func(fx *fixture)
+	}{
+		{"our nat chain flushed", func(fx *fixture) { fx.v4.run("-t nat -F " + NATChain) }},
+		{"our filter chain flushed", func(fx *fixture) { fx.v4.run("-t filter -F " + FilterChain) }},
+		{"the jump deleted", func(fx *fixture) {
+			h := hooks[1]
+			if err := fx.v4.Delete(h.table, h.builtin, jumpRule(h)...); err != nil {
+				panic(err)
+			}
+		}},
+		{"another agent inserting a rule above the jump", func(fx *fixture) {
+			fx.v4.run("-t nat -I PREROUTING 1 -d 169.254.169.254/32 -j ACCEPT")
+		}},
+		{"the jump duplicated further down", func(fx *fixture) {
+			fx.v4.run("-t filter -A FORWARD " + quote(jumpRule(hooks[0])))
+		}},
+		{"a jump with a stale comment beside ours", func(fx *fixture) {
+			fx.v4.run("-t nat -A PREROUTING -m comment --comment \"metaguard: old\" -j " + NATChain)
+		}},
+		{"a transient jump left by an interrupted repair", func(fx *fixture) {
+			fx.v4.run("-t nat -A PREROUTING " + quote(transientJumpRule(hooks[1])))
+		}},
+		{"a foreign rule added to our chain", func(fx *fixture) {
+			fx.v4.run("-t filter -I " + FilterChain + " 1 -j ACCEPT")
+		}},
+		{"our rules reordered", func(fx *fixture) {
+			fx.v4.run("-t filter -F " + FilterChain)
+			for _, r := range slices.Backward(mustDesired(fx)[ipv4][FilterChain]) {
+				fx.v4.run("-t filter -A " + FilterChain + " " + quote(r))
+			}
+		}},
+		{"another agent's iptables-restore of the state before metaguard", func(fx *fixture) { fx.v4.restore(fx.base) }},
+	}
+	for _, tt := range tests {
+		t.Run("a sync repairs "+tt.name+" and counts one repair", func(t *testing.T) {
+			fx := newFixture(t)
+			fx.setAndSync(t, awsV4, awsV6, private)
+			want := fx.v4.save()
+			tt.disrupt(fx)
+			others := withoutMetaguard(fx.v4.save())
+
+			if err := fx.rec.Sync(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			got := fx.v4.save()
+			if withoutMetaguard(got) != others {
+				t.Errorf("others' rules changed:\n%s\nwant:\n%s", withoutMetaguard(got), others)
+			}
+			for _, h := range hooks {
+				rules := chainRules(t, fx.v4, h.table, h.builtin)
+				if rules[0] != "-A "+h.builtin+" "+quote(jumpRule(h)) {
+					t.Errorf("%s %s does not start with our jump: %q", h.table, h.builtin, rules)
+				}
+				if n := len(slices.DeleteFunc(rules, func(l string) bool { return !strings.HasSuffix(l, "-j "+h.chain) })); n != 1 {
+					t.Errorf("%s %s has %d jumps to %s, want 1", h.table, h.builtin, n, h.chain)
+				}
+				gotChain, wantChain := chainRules(t, fx.v4, h.table, h.chain), mustDesired(fx)[ipv4][h.chain]
+				if len(gotChain) != len(wantChain) {
+					t.Errorf("%s %s: %q, want %d rules", h.table, h.chain, gotChain, len(wantChain))
+				}
+			}
+			if fx.repairs() != 1 {
+				t.Errorf("repairs = %v, want 1", fx.repairs())
+			}
+			if withoutMetaguard(want) == others && got != want {
+				t.Errorf("state after repair:\n%s\nwant:\n%s", got, want)
+			}
+
+			fx.v4.resetOps()
+			if err := fx.rec.Sync(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if w := fx.v4.writes(); len(w) != 0 {
+				t.Errorf("the sync after the repair still wrote %q", w)
+			}
+		})
+	}
+}
+
+func mustDesired(fx *fixture) map[family]ruleSet {
+	fx.rec.mu.Lock()
+	eps := fx.rec.endpoints
+	fx.rec.mu.Unlock()
+	want, err := desiredRules(eps, fx.rec.hostIPs, fx.rec.port)
+	if err != nil {
+		panic(err)
+	}
+	return want
+}
+
+func TestRepairNeverDeletesAForeignRuleInsertedMidway(t *testing.T) {
+	fx := newFixture(t)
+	fx.setAndSync(t, awsV4)
+	fx.v4.run("-t nat -I PREROUTING 1 -j KUBE-SERVICES")
+	// Another agent inserts at the top between our listing and our writes;
+	// deleting by position would now hit its rule.
+	fx.v4.beforeOp = func(f *fakeTables, op string) bool {
+		if !strings.HasPrefix(op, "insert nat PREROUTING") {
+			return false
+		}
+		if err := f.insertLocked("nat", "PREROUTING", 1, []string{"-m", "comment", "--comment", "late", "-j", "KUBE-SERVICES"}); err != nil {
+			panic(err)
+		}
+		return true
+	}
+	fx.v4.resetOps()
+	if err := fx.rec.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fx.v4.beforeOp != nil {
+		t.Fatal("the other agent never got to insert its rule")
+	}
+	list := chainRules(t, fx.v4, "nat", "PREROUTING")
+	if list[0] != "-A PREROUTING "+quote(jumpRule(hooks[1])) {
+		t.Errorf("PREROUTING does not start with our jump: %q", list)
+	}
+	rules := strings.Join(list, "\n")
+	for _, want := range []string{`--comment late -j KUBE-SERVICES`, "-A PREROUTING -j KUBE-SERVICES", "kubernetes service portals"} {
+		if !strings.Contains(rules, want) {
+			t.Errorf("foreign rule %q lost:\n%s", want, rules)
+		}
+	}
+}
+
+func TestEndpointChangesAreUpdatesNotRepairs(t *testing.T) {
+	fx := newFixture(t)
+	fx.setAndSync(t, awsV4, awsV6, private)
+	fx.sys.flushes.take()
+
+	t.Run("removing an endpoint removes its rules", func(t *testing.T) {
+		fx.setAndSync(t, awsV4, awsV6)
+		for _, r := range append(chainRules(t, fx.v4, "nat", NATChain), chainRules(t, fx.v4, "filter", FilterChain)...) {
+			if strings.Contains(r, "192.168.100.21") {
+				t.Errorf("rule for a removed endpoint remains: %s", r)
+			}
+		}
+		if n := len(chainRules(t, fx.v4, "filter", FilterChain)); n != 2 {
+			t.Errorf("filter chain has %d rules, want 2", n)
+		}
+	})
+	t.Run("adding an endpoint adds its rules and flushes conntrack for its family", func(t *testing.T) {
+		fx.sys.flushes.take()
+		fx.setAndSync(t, awsV4, awsV6, private)
+		if n := len(chainRules(t, fx.v4, "nat", NATChain)); n != 2 {
+			t.Errorf("nat chain has %d rules, want 2", n)
+		}
+		if got, want := fx.sys.flushes.take(), []netip.AddrPort{awsV4.Addr, private.Addr}; !slices.Equal(got, want) {
+			t.Errorf("flushed %v, want %v", got, want)
+		}
+	})
+	t.Run("removing every IPv6 endpoint removes the ip6tables chains and jumps", func(t *testing.T) {
+		fx.setAndSync(t, awsV4)
+		if got := fx.v6.save(); strings.Contains(got, "METAGUARD") || strings.Contains(got, "metaguard") {
+			t.Errorf("ip6tables still holds metaguard state:\n%s", got)
+		}
+	})
+	if fx.repairs() != 0 {
+		t.Errorf("endpoint changes counted as %v repairs", fx.repairs())
+	}
+}
+
+func TestSetEndpointsRefusesAFamilyWithoutHostIP(t *testing.T) {
+	fx := newFixture(t, host4)
+	fx.setAndSync(t, awsV4)
+	err := fx.rec.SetEndpoints([]Endpoint{awsV4, awsV6})
+	if err == nil || !strings.Contains(err.Error(), "no ipv6 host IP") {
+		t.Fatalf("got %v, want a missing host IP error", err)
+	}
+	fx.v4.resetOps()
+	if err := fx.rec.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if w := fx.v4.writes(); len(w) != 0 {
+		t.Errorf("the refused endpoints changed the kernel: %q", w)
+	}
+}
+
+func TestFailedSyncIsCountedAndNotReady(t *testing.T) {
+	fx := newFixture(t)
+	fx.setAndSync(t, awsV4)
+	fx.v4.run("-t nat -F " + NATChain)
+	fx.v4.failOn = func(op string) error {
+		if strings.HasPrefix(op, "insert") {
+			return &fakeErr{4, "Another app is currently holding the xtables lock"}
+		}
+		return nil
+	}
+	if err := fx.rec.Sync(context.Background()); err == nil || !strings.Contains(err.Error(), "xtables lock") {
+		t.Fatalf("got %v, want the lock error", err)
+	}
+	if fx.rec.Ready() {
+		t.Error("ready after a failed sync")
+	}
+	if fx.syncs("error") != 1 {
+		t.Errorf("syncs{error} = %v, want 1", fx.syncs("error"))
+	}
+	fx.v4.failOn = nil
+	if err := fx.rec.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !fx.rec.Ready() {
+		t.Error("not ready after recovering")
+	}
+}
+
+func TestConntrackFlush(t *testing.T) {
+	t.Run("install flushes every redirected endpoint once", func(t *testing.T) {
+		fx := newFixture(t)
+		fx.setAndSync(t, awsV4, awsV6, private, Endpoint{Name: "again", Addr: awsV4.Addr})
+		got := fx.sys.flushes.take()
+		want := []netip.AddrPort{awsV4.Addr, private.Addr, awsV6.Addr}
+		if !slices.Equal(got, want) {
+			t.Errorf("flushed %v, want %v", got, want)
+		}
+	})
+	t.Run("a repair of the filter chain alone flushes nothing", func(t *testing.T) {
+		fx := newFixture(t)
+		fx.setAndSync(t, awsV4)
+		fx.sys.flushes.take()
+		fx.v4.run("-t filter -F " + FilterChain)
+		if err := fx.rec.Sync(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if got := fx.sys.flushes.take(); len(got) != 0 {
+			t.Errorf("flushed %v", got)
+		}
+	})
+	t.Run("a missing conntrack binary does not fail the sync", func(t *testing.T) {
+		fx := newFixture(t)
+		fx.sys.flushes.err = errNoConntrack
+		fx.setAndSync(t, awsV4, private)
+		if got := fx.sys.flushes.take(); len(got) != 1 {
+			t.Errorf("tried %d flushes after learning the binary is missing, want 1", len(got))
+		}
+		if !fx.rec.Ready() {
+			t.Error("not ready")
+		}
+	})
+}
+
+func TestCleanup(t *testing.T) {
+	fx := newFixture(t)
+	base6 := fx.v6.save()
+	fx.setAndSync(t, awsV4, awsV6)
+	for i := range 2 {
+		if err := fx.rec.Cleanup(context.Background()); err != nil {
+			t.Fatalf("cleanup %d: %v", i+1, err)
+		}
+		if got := fx.v4.save(); got != fx.base {
+			t.Errorf("cleanup %d left:\n%s\nwant:\n%s", i+1, got, fx.base)
+		}
+		if got := fx.v6.save(); got != base6 {
+			t.Errorf("cleanup %d left ip6tables:\n%s\nwant:\n%s", i+1, got, base6)
+		}
+	}
+	if fx.rec.Ready() {
+		t.Error("ready after cleanup")
+	}
+}
+
+func TestCleanupAll(t *testing.T) {
+	sys := newFakeSystem(backendNFT, backendLegacy)
+	nft4, legacy6 := sys.tables[backendNFT][ipv4], sys.tables[backendLegacy][ipv6]
+	nft4.run("-t filter -A FORWARD -j ACCEPT")
+	base := nft4.save()
+	// Rules in two back ends and families, as after a switch of back end.
+	for _, ft := range []*fakeTables{nft4, legacy6} {
+		ft.run("-t nat -N " + NATChain)
+		ft.run("-t nat -A " + NATChain + " -j RETURN")
+		ft.run("-t nat -I PREROUTING 1 " + quote(jumpRule(hooks[1])))
+		ft.run("-t nat -A PREROUTING " + quote(jumpRule(hooks[1])))
+		ft.run("-t filter -N " + FilterChain)
+		ft.run("-t filter -I FORWARD 1 " + quote(jumpRule(hooks[0])))
+	}
+	legacy6Base := newFakeTables().save()
+	for i := range 2 {
+		if err := cleanupAll(context.Background(), discard(), *sys.system()); err != nil {
+			t.Fatalf("run %d: %v", i+1, err)
+		}
+		if got := nft4.save(); got != base {
+			t.Errorf("run %d left nft ipv4:\n%s\nwant:\n%s", i+1, got, base)
+		}
+		if got := legacy6.save(); got != legacy6Base {
+			t.Errorf("run %d left legacy ipv6:\n%s", i+1, got)
+		}
+	}
+	if got := sys.tables[backendLegacy][ipv4].touched; len(got) != 0 {
+		t.Errorf("cleanup created legacy ipv4 tables %v, where legacy held nothing", got)
+	}
+}
+
+func TestNewRefusesClearly(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     Config
+		sys     *fakeSystem
+		wantErr string
+	}{
+		{"a loopback host IP, which would need route_localnet", Config{HostIPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}, nil, "loopback"},
+		{"two IPv4 host IPs", Config{HostIPs: []netip.Addr{host4, netip.MustParseAddr("10.0.0.11")}}, nil, "at most one per family"},
+		{"no host IP", Config{}, nil, "no host IP"},
+		{"an unknown iptables mode", Config{HostIPs: []netip.Addr{host4}, Mode: "iptables"}, nil, `mode "iptables"`},
+		{"a missing ip6tables binary for an IPv6 host IP", Config{HostIPs: []netip.Addr{host4, host6}, Mode: ModeNFT}, func() *fakeSystem {
+			s := newFakeSystem(backendNFT)
+			delete(s.tables[backendNFT], ipv6)
+			return s
+		}(), "ip6tables-nft is needed for the ipv6 host IP"},
+		{"no iptables binary at all", Config{HostIPs: []netip.Addr{host4}}, newFakeSystem(), "neither iptables-nft nor iptables-legacy"},
+		{"a kernel without the nat table", Config{HostIPs: []netip.Addr{host4}, Mode: ModeLegacy}, func() *fakeSystem {
+			s := newFakeSystem(backendLegacy)
+			s.tables[backendLegacy][ipv4].failOn = func(op string) error {
+				return &fakeErr{3, "can't initialize iptables table `nat': Table does not exist"}
+			}
+			return s
+		}(), "cannot read the nat table"},
+	}
+	for _, tt := range tests {
+		t.Run("New refuses "+tt.name, func(t *testing.T) {
+			tt.cfg.ListenPort = 8181
+			if tt.sys == nil {
+				tt.sys = newFakeSystem(backendNFT)
+			}
+			tt.cfg.sys = tt.sys.system()
+			_, err := New(tt.cfg)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("got %v, want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+	t.Run("New writes nothing to the kernel", func(t *testing.T) {
+		s := newFakeSystem(backendNFT)
+		if _, err := New(Config{HostIPs: []netip.Addr{host4}, ListenPort: 8181, sys: s.system()}); err != nil {
+			t.Fatal(err)
+		}
+		if w := s.tables[backendNFT][ipv4].writes(); len(w) != 0 {
+			t.Errorf("New wrote %q", w)
+		}
+	})
+	t.Run("New refuses a Registerer that already has the metrics", func(t *testing.T) {
+		reg := prometheus.NewRegistry()
+		cfg := Config{HostIPs: []netip.Addr{host4}, ListenPort: 8181, Registerer: reg, sys: newFakeSystem(backendNFT).system()}
+		if _, err := New(cfg); err != nil {
+			t.Fatal(err)
+		}
+		_, err := New(cfg)
+		var already prometheus.AlreadyRegisteredError
+		if !errors.As(err, &already) {
+			t.Fatalf("got %v, want AlreadyRegisteredError", err)
+		}
+	})
+}
