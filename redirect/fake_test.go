@@ -20,7 +20,7 @@ type fakeTables struct {
 	chains   map[string]map[string]*fakeChain // table -> chain
 	touched  map[string]bool                  // tables accessed, as legacy creates them
 	ops      []string
-	failOn   func(op string) error // injected failure, checked before each command
+	failOn   func(op string) error                      // injected failure, checked before each command
 	beforeOp func(f *fakeTables, op string) (done bool) // runs before each command until it returns true
 }
 
