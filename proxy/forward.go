@@ -1,0 +1,198 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"metaguard.dev/metaguard/proxy/policy"
+)
+
+// forwarder sends allowed requests to their endpoint and relays the
+// answer, stripping it when the decision says so.
+type forwarder struct {
+	s  *Server
+	rp *httputil.ReverseProxy
+}
+
+func newForwarder(s *Server, transport http.RoundTripper) *forwarder {
+	if transport == nil {
+		transport = newTransport()
+	}
+	f := &forwarder{s: s}
+	f.rp = &httputil.ReverseProxy{
+		// Rewrite, not Director: Director appends X-Forwarded-For, which
+		// makes AWS refuse the IMDSv2 token PUT and GCP and Azure refuse
+		// everything (the kube2iam/kiam bug). Rewrite adds nothing unless
+		// asked to, and drops inbound X-Forwarded-* and Forwarded.
+		Rewrite:        f.rewrite,
+		Transport:      transport,
+		ModifyResponse: f.modifyResponse,
+		ErrorHandler:   f.upstreamError,
+		BufferPool:     bufferPool{},
+		ErrorLog:       nil,
+	}
+	return f
+}
+
+// newTransport is an upstream transport with every limit set, and no
+// proxy from the environment: an HTTP_PROXY variable must never route a
+// pod's credentials somewhere else.
+func newTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                  nil,
+		DialContext:            (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:           512,
+		MaxIdleConnsPerHost:    256,
+		IdleConnTimeout:        60 * time.Second,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: 64 << 10,
+		ForceAttemptHTTP2:      false,
+	}
+}
+
+func (f *forwarder) forward(rw *recorder, r *http.Request, ex *exchange) {
+	timeout := f.s.cfg.UpstreamTimeout + longPoll(ex)
+	ctx, cancel := context.WithTimeout(context.WithValue(r.Context(), exchangeKey{}, ex), timeout)
+	defer cancel()
+	rc := http.NewResponseController(rw)
+	_ = rc.SetWriteDeadline(time.Now().Add(timeout + 5*time.Second))
+	if r.ContentLength != 0 {
+		// Slowloris with a body: the headers came in time, now the body
+		// must too.
+		_ = rc.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+		r.Body = http.MaxBytesReader(rw, r.Body, maxBodyBytes)
+	}
+	f.rp.ServeHTTP(rw, r.WithContext(ctx))
+}
+
+// longPoll is the extra time a GCP wait_for_change request may hang
+// upstream: its own timeout_sec, capped.
+func longPoll(ex *exchange) time.Duration {
+	if ex.ep.Flavor != policy.FlavorGCP || ex.canon.Query.Get("wait_for_change") != "true" {
+		return 0
+	}
+	secs, err := strconv.Atoi(ex.canon.Query.Get("timeout_sec"))
+	if err != nil || secs <= 0 || time.Duration(secs)*time.Second > maxLongPoll {
+		return maxLongPoll
+	}
+	return time.Duration(secs) * time.Second
+}
+
+func (f *forwarder) rewrite(pr *httputil.ProxyRequest) {
+	ex := pr.In.Context().Value(exchangeKey{}).(*exchange)
+	// The upstream address comes from the endpoint, never from Host or
+	// the request-target; the path and query are the ones judged.
+	pr.Out.URL = &url.URL{Scheme: "http", Host: ex.ep.Addr.String(), Path: ex.canon.Path, RawQuery: ex.canon.RawQuery}
+	pr.Out.Host = ex.ep.UpstreamHost(pr.In.Host)
+	h := pr.Out.Header
+	// Never tell the metadata service there is a proxy in between; the
+	// X-Forwarded-* family and Forwarded are already gone.
+	h.Del("Via")
+	h.Del("X-Real-Ip")
+	for k := range h {
+		if strings.HasPrefix(k, "X-Forwarded-") {
+			delete(h, k)
+		}
+	}
+	if ex.decision.Action == policy.Strip && !ex.decision.Audit {
+		// The body must come back as plain text or JSON to be filtered.
+		h.Del("Accept-Encoding")
+	}
+}
+
+func (f *forwarder) modifyResponse(resp *http.Response) error {
+	ex := resp.Request.Context().Value(exchangeKey{}).(*exchange)
+	if ex.decision.Action != policy.Strip || ex.decision.Audit || resp.StatusCode != http.StatusOK || resp.Request.Method == http.MethodHead {
+		resp.Body = &limitedBody{ReadCloser: resp.Body, left: f.s.cfg.MaxResponseBytes}
+		return nil
+	}
+	if ce := resp.Header.Get("Content-Encoding"); ce != "" && ce != "identity" {
+		return fmt.Errorf("%w: Content-Encoding %s", errUnstrippable, ce)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxStripBytes+1))
+	resp.Body.Close()
+	if err != nil {
+		return fmt.Errorf("reading response to strip: %w", err)
+	}
+	if len(body) > maxStripBytes {
+		return fmt.Errorf("%w: larger than %d bytes", errUnstrippable, maxStripBytes)
+	}
+	keep := func(p string) bool { return ex.pol.CanRead(ex.id, ex.ep, p) }
+	q := ex.canon.Query
+	switch {
+	case strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") || (q.Get("recursive") == "true" && q.Get("alt") != "text"):
+		body, _, err = StripJSON(body, ex.canon.Path, keep)
+	case q.Get("alt") == "text":
+		body, _, err = StripText(body, ex.canon.Path, q.Get("recursive") == "true", keep)
+	default:
+		body, _ = StripListing(body, ex.canon.Path, keep)
+	}
+	if err != nil {
+		return err
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	resp.ContentLength = int64(len(body))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	resp.Header.Del("Content-MD5")
+	return nil
+}
+
+// upstreamError answers a forwarded request that failed: 504 when the
+// upstream was too slow, 502 for anything else. Never a silent relay.
+func (f *forwarder) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	ex := r.Context().Value(exchangeKey{}).(*exchange)
+	if errors.Is(r.Context().Err(), context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		// The client went away; there is nobody to answer.
+		return
+	}
+	f.s.m.upstreamErrors.WithLabelValues(ex.ep.Name).Inc()
+	status, what := http.StatusBadGateway, "upstream failed"
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		status, what = http.StatusGatewayTimeout, "upstream timed out"
+	case errors.Is(err, errUnstrippable):
+		what = "upstream response could not be stripped safely"
+	}
+	f.s.log.Warn("upstream request failed", "endpoint", ex.ep.Name, "path", ex.canon.Path, "error", err)
+	writeLine(w, status, "metaguard: "+what)
+}
+
+// limitedBody stops relaying a response after a bound; the client sees a
+// truncated body and a closed connection rather than an unbounded stream.
+type limitedBody struct {
+	io.ReadCloser
+	left int64
+}
+
+var errResponseTooLarge = errors.New("upstream response too large")
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, errResponseTooLarge
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
+// bufferPool recycles the 32 KiB copy buffers of the reverse proxy.
+type bufferPool struct{}
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
+func (bufferPool) Put(b []byte) { buffers.Put(&b) }

@@ -1,0 +1,223 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"metaguard.dev/metaguard/proxy/policy"
+)
+
+func TestDeniesNameThePodTheReasonAndTheRule(t *testing.T) {
+	h := newHarness(t, "aws", ok("x"))
+	tests := []struct {
+		name   string
+		src    netip.Addr
+		target string
+		header http.Header
+		want   int
+		body   string
+	}{
+		{"a path no rule allows", plainPod, "/latest/meta-data/hostname", nil, 403,
+			"metaguard: denied GET /latest/meta-data/hostname for pod web/frontend: not-allowed-by-rules (no rule)\n"},
+		{"a credential path under a strip rule", plainPod, "/latest/meta-data/iam/info", nil, 403,
+			"metaguard: denied GET /latest/meta-data/iam/info for pod web/frontend: not-allowed-by-rules (no rule)\n"},
+		{"an unknown pod", unknownPod, "/latest/meta-data/instance-id", nil, 403,
+			"metaguard: denied GET /latest/meta-data/instance-id for unidentified source 127.0.0.12: unknown-pod (no rule)\n"},
+		{"an IP claimed by two pods", netip.MustParseAddr("127.0.0.99"), "/latest/meta-data/instance-id", nil, 403,
+			"metaguard: denied GET /latest/meta-data/instance-id for unidentified source 127.0.0.99: ambiguous-ip (no rule)\n"},
+		{"a request through the workload's own proxy", accessorPod, "/latest/meta-data/instance-id", http.Header{"X-Forwarded-For": {"10.1.1.1"}}, 403,
+			"metaguard: requests carrying X-Forwarded-For, Forwarded or X-Forwarded-Host are refused\n"},
+		{"a Forwarded header", accessorPod, "/latest/meta-data/instance-id", http.Header{"Forwarded": {"for=10.1.1.1"}}, 403, ""},
+		{"an X-Forwarded-Host header", accessorPod, "/latest/meta-data/instance-id", http.Header{"X-Forwarded-Host": {"x"}}, 403, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := h.do(tt.src, "GET", tt.target, tt.header)
+			if resp.StatusCode != tt.want {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tt.want)
+			}
+			if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+				t.Errorf("Content-Type %q", ct)
+			}
+			if tt.body != "" && body != tt.body {
+				t.Errorf("body %q\nwant %q", body, tt.body)
+			}
+		})
+	}
+	if n := len(h.up.received()); n != 0 {
+		t.Fatalf("%d denied requests reached the upstream", n)
+	}
+}
+
+func TestConnectionsNotBoundForAnEndpointAreRefused(t *testing.T) {
+	h := newHarness(t, "aws", ok("x"))
+	elsewhere := netip.MustParseAddrPort("10.0.0.1:8181")
+	h.endpoint.Store(&elsewhere)
+	resp, _ := h.do(accessorPod, "GET", "/latest/meta-data/instance-id", nil)
+	if resp.StatusCode != http.StatusForbidden || len(h.up.received()) != 0 {
+		t.Fatalf("status %d, upstream saw %d", resp.StatusCode, len(h.up.received()))
+	}
+}
+
+func TestAuditModeForwardsWhatEnforceWouldDeny(t *testing.T) {
+	h := newHarnessPolicy(t, "aws", "mode: audit\n", ok("x"))
+	for _, src := range []netip.Addr{plainPod, unknownPod} {
+		resp, _ := h.do(src, "GET", "/latest/meta-data/iam/info", nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: status %d, want 200 in audit mode", src, resp.StatusCode)
+		}
+	}
+	lines := h.waitAudit(2)
+	for _, l := range lines {
+		if l["decision"] != "audit-deny" {
+			t.Errorf("audit line %v, want decision audit-deny", l)
+		}
+	}
+	if v := testutil.ToFloat64(h.requests("audit-deny", "200")); v != 2 {
+		t.Errorf("requests_total{decision=audit-deny,code=200} = %v", v)
+	}
+}
+
+func TestAuditLogHasEveryFieldAndNoSecret(t *testing.T) {
+	const secret = "wJalrXUtnFEMI-SECRET-ACCESS-KEY"
+	h := newHarness(t, "azure", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"access_token":%q}`, secret)
+	})
+	_, body := h.do(accessorPod, "GET", "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net&client_id=sekret-client", http.Header{"Metadata": {"true"}, "Authorization": {"Bearer " + secret}})
+	if !strings.Contains(body, secret) {
+		t.Fatalf("accessor did not get the token: %q", body)
+	}
+	lines := h.waitAudit(1)
+	if len(lines) != 1 {
+		t.Fatalf("%d audit lines, want 1", len(lines))
+	}
+	l := lines[0]
+	for _, k := range []string{"time", "src_ip", "pod", "namespace", "pod_uid", "service_account", "labels", "endpoint", "method", "path", "query_keys", "decision", "rule", "reason", "status", "bytes", "duration_ms"} {
+		if _, ok := l[k]; !ok {
+			t.Errorf("audit line lacks %q: %v", k, l)
+		}
+	}
+	if len(l) != 17 {
+		t.Errorf("audit line has %d fields, want exactly the 17 of DESIGN.md: %v", len(l), l)
+	}
+	want := map[string]any{"src_ip": "127.0.0.11", "pod": "agent", "namespace": "ops", "pod_uid": "uid-2", "service_account": "agent",
+		"endpoint": "ep", "method": "GET", "path": "/metadata/identity/oauth2/token", "decision": "allow", "rule": "accessors", "status": float64(200)}
+	for k, v := range want {
+		if l[k] != v {
+			t.Errorf("audit %s = %v, want %v", k, l[k], v)
+		}
+	}
+	if fmt.Sprint(l["query_keys"]) != "[api-version client_id resource]" {
+		t.Errorf("query_keys = %v", l["query_keys"])
+	}
+	raw := h.audit.String()
+	for _, s := range []string{secret, "sekret-client", "vault.azure.net", "2018-02-01"} {
+		if strings.Contains(raw, s) {
+			t.Errorf("the audit log contains %q: %s", s, raw)
+		}
+	}
+}
+
+func TestMetricsCountEveryRequestByDecisionAndCode(t *testing.T) {
+	h := newHarness(t, "aws", ok(awsMetaDataListing))
+	h.do(plainPod, "GET", "/latest/meta-data/instance-id", nil)
+	h.do(plainPod, "GET", "/latest/meta-data/", nil)
+	h.do(plainPod, "GET", "/latest/meta-data/iam/info", nil)
+	h.raw(plainPod, "GET /a/../b HTTP/1.1\r\nHost: x\r\n\r\n")
+	h.waitAudit(4)
+	for _, c := range []struct{ decision, code string }{{"allow", "200"}, {"strip", "200"}, {"deny", "403"}, {"deny", "400"}} {
+		if v := testutil.ToFloat64(h.requests(c.decision, c.code)); v != 1 {
+			t.Errorf("requests_total{decision=%s,code=%s} = %v, want 1", c.decision, c.code, v)
+		}
+	}
+}
+
+func TestRateLimitIsPerPod(t *testing.T) {
+	h := newHarnessPolicy(t, "aws", "rateLimit: {requestsPerSecond: 0.001, burst: 3}\n", ok("x"))
+	codes := []int{}
+	for i := 0; i < 5; i++ {
+		resp, _ := h.do(plainPod, "GET", "/latest/meta-data/instance-id", nil)
+		codes = append(codes, resp.StatusCode)
+	}
+	if fmt.Sprint(codes) != "[200 200 200 429 429]" {
+		t.Fatalf("noisy pod got %v, want three 200 then 429", codes)
+	}
+	if resp, _ := h.do(otherPod, "GET", "/latest/meta-data/instance-id", nil); resp.StatusCode != 200 {
+		t.Fatalf("another pod got %d while the first was limited", resp.StatusCode)
+	}
+}
+
+func TestOneSourceCannotExhaustConnections(t *testing.T) {
+	h := newHarness(t, "aws", ok("i-1"), func(c *Config) { c.MaxConnsPerSource = 20 })
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: plainPod.AsSlice()}}
+	for i := 0; i < 100; i++ {
+		c, err := d.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, "GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n") // never finished
+		conns = append(conns, c)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, 10)
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("GET", "http://169.254.169.254/latest/meta-data/instance-id", nil)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			resp, err := h.client(otherPod).Do(req.WithContext(ctx))
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				errs <- resp.Status
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Errorf("another pod's request failed while one source held 100 slow connections: %s", e)
+	}
+	if v := testutil.ToFloat64(h.rejected("per_source")); v < 80 {
+		t.Errorf("connections_rejected_total{limit=per_source} = %v, want >= 80", v)
+	}
+}
+
+func TestPolicyReloadAppliesToTheNextRequest(t *testing.T) {
+	h := newHarness(t, "aws", ok("x"))
+	if resp, _ := h.do(plainPod, "GET", "/latest/meta-data/hostname", nil); resp.StatusCode != 403 {
+		t.Fatalf("before reload: %d", resp.StatusCode)
+	}
+	doc := strings.NewReplacer("UPSTREAM", h.up.addr(), "FLAVOR", "aws", "EXTRA", "defaultAction: deny\n").Replace(testPolicy)
+	doc = strings.Replace(doc, `"/latest/meta-data/instance-id"`, `"/latest/meta-data/instance-id", "/latest/meta-data/hostname"`, 1)
+	p, err := policy.Parse("reload", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.pol.Store(p)
+	if resp, _ := h.do(plainPod, "GET", "/latest/meta-data/hostname", nil); resp.StatusCode != 200 {
+		t.Fatalf("after reload: %d", resp.StatusCode)
+	}
+}

@@ -1,0 +1,53 @@
+package proxy
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics of the request path. Labels never carry pod names or paths:
+// their cardinality would grow with the cluster.
+type metrics struct {
+	requests       *prometheus.CounterVec
+	duration       *prometheus.HistogramVec
+	upstreamErrors *prometheus.CounterVec
+	connsRejected  *prometheus.CounterVec
+	connsOpen      prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "metaguard_requests_total",
+			Help: "Requests by endpoint, decision (allow, strip, deny, audit-deny) and response code.",
+		}, []string{"endpoint", "decision", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "metaguard_request_duration_seconds",
+			Help: "Time from request headers read to response written, by endpoint and decision.",
+			// From a cached deny (tens of microseconds) to a GCP long poll.
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10, 60},
+		}, []string{"endpoint", "decision"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "metaguard_upstream_errors_total",
+			Help: "Forwarded requests that failed upstream (connection error, timeout, unstrippable response), by endpoint.",
+		}, []string{"endpoint"}),
+		connsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "metaguard_connections_rejected_total",
+			Help: "Connections closed at accept because a limit was reached (per_source, total).",
+		}, []string{"limit"}),
+		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "metaguard_connections_open",
+			Help: "Client connections currently open on the proxy listener.",
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.upstreamErrors, m.connsRejected, m.connsOpen} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("registering proxy metrics: %w", err)
+		}
+	}
+	return m, nil
+}
