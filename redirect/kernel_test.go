@@ -1,0 +1,518 @@
+package redirect
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+var update = flag.Bool("update", false, "rewrite the iptables-save golden files under testdata/")
+
+// dropWait is how long a connection or datagram that must be dropped is given
+// to show up anyway; the namespaces are on one machine, so a real answer
+// takes well under a millisecond.
+const dropWait = 300 * time.Millisecond
+
+var kernelEndpoints = []Endpoint{
+	{Name: "aws", Addr: netip.MustParseAddrPort("169.254.169.254:80")},
+	{Name: "aws-v6", Addr: netip.MustParseAddrPort("[fd00:ec2::254]:80")},
+	{Name: "private", Addr: netip.MustParseAddrPort("192.168.100.21:32000")},
+}
+
+// foreignKernelRules stand for a CNI and kube-proxy. The CNI's FORWARD rule
+// accepts all pod traffic: were metaguard's jump not first, it would shadow
+// the drop.
+var foreignKernelRules = map[family][]string{
+	ipv4: {
+		"-t nat -N KUBE-SERVICES",
+		"-t nat -A PREROUTING -m comment --comment kubernetes-service-portals -j KUBE-SERVICES",
+		"-t nat -A POSTROUTING -s 10.200.0.0/24 ! -d 10.200.0.0/24 -j MASQUERADE",
+		"-t filter -N CNI-FORWARD",
+		"-t filter -A FORWARD -m comment --comment cni-firewall -j CNI-FORWARD",
+		"-t filter -A CNI-FORWARD -s 10.200.0.0/24 -j ACCEPT",
+	},
+	ipv6: {
+		"-t nat -N KUBE-SERVICES",
+		"-t nat -A PREROUTING -m comment --comment kubernetes-service-portals -j KUBE-SERVICES",
+		"-t filter -N CNI-FORWARD",
+		"-t filter -A FORWARD -m comment --comment cni-firewall -j CNI-FORWARD",
+		"-t filter -A CNI-FORWARD -s fd00:200::/64 -j ACCEPT",
+	},
+}
+
+// accepted is what the proxy stand-in learned about one connection.
+type accepted struct {
+	remote netip.AddrPort
+	orig   netip.AddrPort
+	err    error
+}
+
+type servers struct {
+	proxy chan accepted
+	imds  chan string // lines the IMDS received after its greeting
+	udp   chan string
+}
+
+// startServers runs the proxy stand-in in the node namespace (dual-stack
+// [::]:8181, as the real proxy's ":8181") and the IMDS stand-in in the imds
+// namespace. Each greets with its name, so a client knows where it landed.
+func (topo *topology) startServers(t *testing.T) *servers {
+	s := &servers{proxy: make(chan accepted, 16), imds: make(chan string, 16), udp: make(chan string, 16)}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []io.Closer
+	)
+	track := func(c io.Closer) {
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	}
+	t.Cleanup(func() {
+		// Connections an endpoint rule cut off never see a FIN: close
+		// every socket so each handler returns, then wait for them.
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	serve := func(l net.Listener, handle func(net.Conn)) {
+		track(l)
+		wg.Go(func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				track(c)
+				wg.Go(func() {
+					defer c.Close()
+					handle(c)
+				})
+			}
+		})
+	}
+	serve(listenIn(t, topo.node, "tcp", ":8181"), func(c net.Conn) {
+		orig, err := OriginalDst(c)
+		s.proxy <- accepted{remote: c.RemoteAddr().(*net.TCPAddr).AddrPort(), orig: orig, err: err}
+		c.Write([]byte("proxy\n"))
+	})
+	for _, port := range []string{":80", ":81", ":32000"} {
+		serve(listenIn(t, topo.imds, "tcp", port), func(c net.Conn) {
+			c.Write([]byte("imds\n"))
+			sc := bufio.NewScanner(c)
+			for sc.Scan() {
+				s.imds <- sc.Text()
+			}
+		})
+	}
+	udp := listenPacketIn(t, topo.imds, "udp", ":80")
+	track(udp)
+	wg.Go(func() {
+		buf := make([]byte, 64)
+		for {
+			n, _, err := udp.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			s.udp <- string(buf[:n])
+		}
+	})
+	return s
+}
+
+// dial connects from namespace ns.
+func dial(t *testing.T, ns, addr string, timeout time.Duration) (net.Conn, error) {
+	t.Helper()
+	var c net.Conn
+	var err error
+	inNetns(t, ns, func() { c, err = net.DialTimeout("tcp", addr, timeout) })
+	if err == nil {
+		t.Cleanup(func() { c.Close() })
+	}
+	return c, err
+}
+
+// greeting connects from ns to addr and returns who answered.
+func greeting(t *testing.T, ns, addr string) string {
+	t.Helper()
+	c, err := dial(t, ns, addr, 2*time.Second)
+	if err != nil {
+		t.Fatalf("connecting from %s to %s: %v", ns, addr, err)
+	}
+	return readLine(t, c)
+}
+
+func readLine(t *testing.T, c net.Conn) string {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading from %s: %v", c.RemoteAddr(), err)
+	}
+	return strings.TrimSpace(line)
+}
+
+func sendUDP(t *testing.T, ns, addr, payload string) {
+	t.Helper()
+	inNetns(t, ns, func() {
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte(payload)); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// expectDropped checks that a TCP connection from ns to addr times out: no
+// answer, not even a reset, which is what a DROP rule looks like.
+func expectDropped(t *testing.T, ns, addr string) {
+	t.Helper()
+	c, err := dial(t, ns, addr, dropWait)
+	if err == nil {
+		t.Fatalf("connection from %s to %s succeeded (answered %q)", ns, addr, readLine(t, c))
+	}
+	if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		t.Fatalf("connection from %s to %s failed with %v, want a timeout (dropped)", ns, addr, err)
+	}
+}
+
+// expectProxied checks that a pod's connection to an endpoint lands on the
+// proxy with the pod's source IP and the endpoint as original destination.
+func expectProxied(t *testing.T, topo *topology, s *servers, ep Endpoint) {
+	t.Helper()
+	if got := greeting(t, topo.pod, ep.Addr.String()); got != "proxy" {
+		t.Fatalf("pod's connection to %s reached %q, want the proxy", ep.Addr, got)
+	}
+	acc := <-s.proxy
+	if acc.err != nil {
+		t.Fatalf("OriginalDst: %v", acc.err)
+	}
+	wantSrc := podIP4
+	if ep.Addr.Addr().Is6() {
+		wantSrc = podIP6
+	}
+	if got := acc.remote.Addr().Unmap().String(); got != wantSrc {
+		t.Errorf("proxy saw source %s, want the pod's %s", got, wantSrc)
+	}
+	if acc.orig != ep.Addr {
+		t.Errorf("OriginalDst = %s, want %s", acc.orig, ep.Addr)
+	}
+}
+
+func expectGolden(t *testing.T, got, name string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("iptables-save differs from %s:\n%s\nwant:\n%s", path, got, want)
+	}
+}
+
+func TestKernel(t *testing.T) {
+	requireKernel(t)
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			t.Parallel()
+			testKernel(t, b)
+		})
+	}
+}
+
+func testKernel(t *testing.T, b backend) {
+	topo := newTopology(t)
+	for _, f := range families {
+		for _, cmd := range foreignKernelRules[f] {
+			topo.inNode(t, binaryName(f, b), splitQuoted(cmd)...)
+		}
+	}
+	before := map[family]string{ipv4: topo.save(t, ipv4, b), ipv6: topo.save(t, ipv6, b)}
+	srv := topo.startServers(t)
+	aws, awsV6, private := kernelEndpoints[0], kernelEndpoints[1], kernelEndpoints[2]
+
+	// Positive controls: without metaguard the pod reaches the IMDS, so the
+	// checks below would notice rules that do nothing.
+	for _, addr := range []string{"169.254.169.254:80", "169.254.169.254:81", "[fd00:ec2::254]:81", "192.168.100.21:32000"} {
+		if got := greeting(t, topo.pod, addr); got != "imds" {
+			t.Fatalf("before install, pod's connection to %s reached %q", addr, got)
+		}
+	}
+	sendUDP(t, topo.pod, "169.254.169.254:80", "before")
+	if got := <-srv.udp; got != "before" {
+		t.Fatalf("IMDS got UDP %q", got)
+	}
+	keepAlive, err := dial(t, topo.pod, "169.254.169.254:80", 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readLine(t, keepAlive); got != "imds" {
+		t.Fatalf("keep-alive connection reached %q", got)
+	}
+
+	rec, err := New(Config{
+		HostIPs:    []netip.Addr{netip.MustParseAddr(hostIP4), netip.MustParseAddr(hostIP6)},
+		ListenPort: 8181, Mode: string(b), Logger: discard(), sys: topo.system(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := rec.SetEndpoints(kernelEndpoints); err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !rec.Ready() {
+		t.Fatal("not ready after install")
+	}
+	golden := func(t *testing.T) {
+		t.Helper()
+		expectGolden(t, topo.save(t, ipv4, b), string(b)+"-ipv4.golden")
+		expectGolden(t, topo.save(t, ipv6, b), string(b)+"-ipv6.golden")
+	}
+	golden(t)
+
+	t.Run("a pod's connection to each endpoint lands on the proxy with its own source IP and the endpoint as SO_ORIGINAL_DST", func(t *testing.T) {
+		for _, ep := range kernelEndpoints {
+			expectProxied(t, topo, srv, ep)
+		}
+	})
+	t.Run("a pod's connection to another port of an endpoint is dropped", func(t *testing.T) {
+		expectDropped(t, topo.pod, "169.254.169.254:81")
+		expectDropped(t, topo.pod, "[fd00:ec2::254]:81")
+	})
+	t.Run("a pod's UDP to an endpoint is dropped", func(t *testing.T) {
+		sendUDP(t, topo.pod, "169.254.169.254:80", "after")
+		select {
+		case got := <-srv.udp:
+			t.Fatalf("IMDS received UDP %q", got)
+		case <-time.After(dropWait):
+		}
+	})
+	t.Run("a pod's ICMP echo to an endpoint is answered", func(t *testing.T) {
+		ping(t, topo.pod, netip.MustParseAddr("169.254.169.254"))
+		ping(t, topo.pod, netip.MustParseAddr("fd00:ec2::254"))
+	})
+	t.Run("the node's own connection goes straight to the IMDS", func(t *testing.T) {
+		for _, ep := range kernelEndpoints {
+			if got := greeting(t, topo.node, ep.Addr.String()); got != "imds" {
+				t.Errorf("node's connection to %s reached %q", ep.Addr, got)
+			}
+		}
+	})
+	t.Run("a keep-alive connection opened before install is reset instead of reaching the IMDS", func(t *testing.T) {
+		keepAlive.Write([]byte("after install\n"))
+		keepAlive.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, err := keepAlive.Read(make([]byte, 16))
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("read on the old connection: %v, want connection reset", err)
+		}
+		select {
+		case got := <-srv.imds:
+			t.Errorf("IMDS received %q over the old connection", got)
+		default:
+		}
+	})
+	t.Run("a second sync changes nothing", func(t *testing.T) {
+		if err := rec.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		golden(t)
+		if n := repairsOf(rec); n != 0 {
+			t.Errorf("repairs = %v, want 0", n)
+		}
+	})
+
+	disruptions := []struct {
+		name    string
+		disrupt func(t *testing.T)
+		undo    func(t *testing.T)
+	}{
+		{"flushing both chains", func(t *testing.T) {
+			topo.inNode(t, binaryName(ipv4, b), "-t", "nat", "-F", NATChain)
+			topo.inNode(t, binaryName(ipv4, b), "-t", "filter", "-F", FilterChain)
+		}, nil},
+		{"another agent's iptables-restore of the rules before metaguard", func(t *testing.T) {
+			cmd := "iptables-" + string(b) + "-restore"
+			if out, err := runWithInput(before[ipv4]+"", "ip", "netns", "exec", topo.node, cmd); err != nil {
+				t.Fatalf("%s: %v: %s", cmd, err, out)
+			}
+		}, nil},
+		{"another agent inserting a rule above the jump", func(t *testing.T) {
+			topo.inNode(t, binaryName(ipv4, b), "-t", "nat", "-I", "PREROUTING", "1", "-d", "169.254.169.254/32", "-j", "ACCEPT")
+		}, func(t *testing.T) {
+			topo.inNode(t, binaryName(ipv4, b), "-t", "nat", "-D", "PREROUTING", "-d", "169.254.169.254/32", "-j", "ACCEPT")
+		}},
+	}
+	for i, d := range disruptions {
+		t.Run("a sync repairs "+d.name, func(t *testing.T) {
+			d.disrupt(t)
+			if err := rec.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := repairsOf(rec), float64(i+1); got != want {
+				t.Errorf("repairs = %v, want %v", got, want)
+			}
+			expectProxied(t, topo, srv, aws)
+			expectDropped(t, topo.pod, "169.254.169.254:81")
+			if d.undo != nil {
+				d.undo(t)
+			}
+			golden(t)
+		})
+	}
+
+	t.Run("an endpoint removed from the policy is removed from the kernel", func(t *testing.T) {
+		if err := rec.SetEndpoints([]Endpoint{aws, awsV6}); err != nil {
+			t.Fatal(err)
+		}
+		if err := rec.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := topo.save(t, ipv4, b); strings.Contains(got, "192.168.100.21") {
+			t.Errorf("rules for the removed endpoint remain:\n%s", got)
+		}
+		if got := greeting(t, topo.pod, private.Addr.String()); got != "imds" {
+			t.Errorf("pod's connection to the removed endpoint reached %q, want the IMDS", got)
+		}
+		expectProxied(t, topo, srv, aws)
+	})
+
+	t.Run("cleanup leaves iptables-save exactly as before, twice over", func(t *testing.T) {
+		for range 2 {
+			if err := rec.Cleanup(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := cleanupAll(ctx, discard(), *topo.system()); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range families {
+				if got := topo.save(t, f, b); got != before[f] {
+					t.Errorf("%s after cleanup:\n%s\nwant:\n%s", f, got, before[f])
+				}
+			}
+		}
+		if got := greeting(t, topo.pod, aws.Addr.String()); got != "imds" {
+			t.Errorf("after cleanup pod's connection reached %q, want the IMDS", got)
+		}
+	})
+}
+
+func repairsOf(r *Reconciler) float64 {
+	return testutil.ToFloat64(r.metrics.repairs)
+}
+
+func runWithInput(input, name string, args ...string) ([]byte, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Stdin = strings.NewReader(input)
+	return cmd.CombinedOutput()
+}
+
+// ping sends one ICMP echo request from namespace ns over a raw socket (the
+// machine has no ping binary) and waits for the reply.
+func ping(t *testing.T, ns string, dst netip.Addr) {
+	t.Helper()
+	network, listen, request, reply := "ip4:icmp", "0.0.0.0", byte(8), byte(0)
+	if dst.Is6() {
+		network, listen, request, reply = "ip6:ipv6-icmp", "::", 128, 129
+	}
+	c := listenPacketIn(t, ns, network, listen)
+	msg := []byte{request, 0, 0, 0, 0x4d, 0x47, 0, 1, 'm', 'g'}
+	if dst.Is4() {
+		// ICMPv6 checksums are filled in by the kernel, ICMPv4 ones are not.
+		var sum uint32
+		for i := 0; i < len(msg); i += 2 {
+			sum += uint32(msg[i])<<8 | uint32(msg[i+1])
+		}
+		sum = (sum >> 16) + (sum & 0xffff)
+		sum += sum >> 16
+		msg[2], msg[3] = byte(^sum>>8), byte(^sum)
+	}
+	if _, err := c.WriteTo(msg, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+		t.Fatalf("sending ICMP echo to %s: %v", dst, err)
+	}
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("no ICMP echo reply from %s: %v", dst, err)
+		}
+		if n >= 8 && buf[0] == reply && buf[4] == 0x4d && buf[5] == 0x47 && from.(*net.IPAddr).IP.Equal(dst.AsSlice()) {
+			return
+		}
+	}
+}
+
+func TestKernelDetectsBackend(t *testing.T) {
+	requireKernel(t)
+	tests := []struct {
+		name  string
+		setup []string // commands run in the namespace first
+		want  string
+	}{
+		{"kube-proxy's hint chain in the legacy mangle table picks legacy",
+			[]string{"iptables-legacy -t mangle -N KUBE-IPTABLES-HINT"}, ModeLegacy},
+		{"kubelet's canary chain in the nft mangle table picks nft",
+			[]string{"ip6tables-nft -t mangle -N KUBE-KUBELET-CANARY", "iptables-legacy -t filter -A INPUT -j ACCEPT"}, ModeNFT},
+		{"without hints, a CNI's legacy rules pick legacy",
+			[]string{"iptables-legacy -t nat -A POSTROUTING -s 10.0.0.0/8 -j MASQUERADE"}, ModeLegacy},
+		{"a fresh node picks nft", nil, ModeNFT},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ns, bin := newNamespace(t, "node"), t.TempDir()
+			writeWrappers(t, bin, ns)
+			for _, cmd := range tt.setup {
+				mustRun(t, "nsenter", append([]string{"--net=/run/netns/" + ns}, strings.Fields(cmd)...)...)
+			}
+			var legacyBefore []string
+			inNetns(t, ns, func() { legacyBefore, _ = procLegacyTables(ipv4) })
+
+			rec, err := New(Config{HostIPs: []netip.Addr{netip.MustParseAddr(hostIP4)}, ListenPort: 8181, sys: nsSystem(bin, ns)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.Backend() != tt.want {
+				t.Errorf("picked %s, want %s", rec.Backend(), tt.want)
+			}
+			if tt.want == ModeNFT {
+				var legacyAfter []string
+				inNetns(t, ns, func() { legacyAfter, _ = procLegacyTables(ipv4) })
+				if strings.Join(legacyAfter, " ") != strings.Join(legacyBefore, " ") {
+					t.Errorf("detection created legacy tables: %v, before %v", legacyAfter, legacyBefore)
+				}
+			}
+		})
+	}
+}
