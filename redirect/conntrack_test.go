@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -68,6 +69,41 @@ func TestExecConntrack(t *testing.T) {
 		err = execConntrack{path: "metaguard-no-such-conntrack"}.Flush(context.Background(), awsV4.Addr)
 		if !errors.Is(err, errNoConntrack) {
 			t.Fatalf("got %v, want errNoConntrack", err)
+		}
+	})
+}
+
+func TestConntrackFlush(t *testing.T) {
+	t.Run("install flushes every redirected endpoint once", func(t *testing.T) {
+		fx := newFixture(t)
+		fx.setAndSync(t, awsV4, awsV6, private, Endpoint{Name: "again", Addr: awsV4.Addr})
+		got := fx.sys.flushes.take()
+		want := []netip.AddrPort{awsV4.Addr, private.Addr, awsV6.Addr}
+		if !slices.Equal(got, want) {
+			t.Errorf("flushed %v, want %v", got, want)
+		}
+	})
+	t.Run("a repair of the filter chain alone flushes nothing", func(t *testing.T) {
+		fx := newFixture(t)
+		fx.setAndSync(t, awsV4)
+		fx.sys.flushes.take()
+		fx.v4.run("-t filter -F " + FilterChain)
+		if err := fx.rec.Sync(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if got := fx.sys.flushes.take(); len(got) != 0 {
+			t.Errorf("flushed %v", got)
+		}
+	})
+	t.Run("a missing conntrack binary does not fail the sync", func(t *testing.T) {
+		fx := newFixture(t)
+		fx.sys.flushes.err = errNoConntrack
+		fx.setAndSync(t, awsV4, private)
+		if got := fx.sys.flushes.take(); len(got) != 1 {
+			t.Errorf("tried %d flushes after learning the binary is missing, want 1", len(got))
+		}
+		if !fx.rec.Ready() {
+			t.Error("not ready")
 		}
 	})
 }

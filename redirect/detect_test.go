@@ -1,6 +1,7 @@
 package redirect
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -96,5 +97,49 @@ func TestDetectBackendCreatesNoLegacyTables(t *testing.T) {
 			}
 			t.Errorf("detection touched legacy %s table %s, which did not exist", f, table)
 		}
+	}
+}
+
+func TestKernelDetectsBackend(t *testing.T) {
+	requireKernel(t)
+	tests := []struct {
+		name  string
+		setup []string // commands run in the namespace first
+		want  string
+	}{
+		{"kube-proxy's hint chain in the legacy mangle table picks legacy",
+			[]string{"iptables-legacy -t mangle -N KUBE-IPTABLES-HINT"}, ModeLegacy},
+		{"kubelet's canary chain in the nft mangle table picks nft",
+			[]string{"ip6tables-nft -t mangle -N KUBE-KUBELET-CANARY", "iptables-legacy -t filter -A INPUT -j ACCEPT"}, ModeNFT},
+		{"without hints, a CNI's legacy rules pick legacy",
+			[]string{"iptables-legacy -t nat -A POSTROUTING -s 10.0.0.0/8 -j MASQUERADE"}, ModeLegacy},
+		{"a fresh node picks nft", nil, ModeNFT},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ns, bin := newNamespace(t, "node"), t.TempDir()
+			writeWrappers(t, bin, ns)
+			for _, cmd := range tt.setup {
+				mustRun(t, "nsenter", append([]string{"--net=/run/netns/" + ns}, strings.Fields(cmd)...)...)
+			}
+			var legacyBefore []string
+			inNetns(t, ns, func() { legacyBefore, _ = procLegacyTables(ipv4) })
+
+			rec, err := New(Config{HostIPs: []netip.Addr{netip.MustParseAddr(hostIP4)}, ListenPort: 8181, sys: nsSystem(bin, ns)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.Backend() != tt.want {
+				t.Errorf("picked %s, want %s", rec.Backend(), tt.want)
+			}
+			if tt.want == ModeNFT {
+				var legacyAfter []string
+				inNetns(t, ns, func() { legacyAfter, _ = procLegacyTables(ipv4) })
+				if strings.Join(legacyAfter, " ") != strings.Join(legacyBefore, " ") {
+					t.Errorf("detection created legacy tables: %v, before %v", legacyAfter, legacyBefore)
+				}
+			}
+		})
 	}
 }
