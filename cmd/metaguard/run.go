@@ -1,0 +1,268 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"metaguard.dev/metaguard/identity/podindex"
+	"metaguard.dev/metaguard/proxy"
+	"metaguard.dev/metaguard/proxy/policy"
+	"metaguard.dev/metaguard/redirect"
+)
+
+// runOptions are the daemon's flags.
+type runOptions struct {
+	config          string
+	nodeName        string
+	hostIPs         string
+	listen          string
+	metricsListen   string
+	kubeconfig      string
+	iptables        bool
+	iptablesMode    string
+	syncPeriod      time.Duration
+	cleanupOnExit   bool
+	identityWait    time.Duration
+	auditLog        string
+	logLevel        string
+	upstreamTimeout time.Duration
+	reloadInterval  time.Duration
+	nodeTaint       string
+}
+
+// AddFlags registers the flags of DESIGN.md, with NODE_NAME and HOST_IP
+// from the environment as defaults (the DaemonSet sets them through the
+// downward API).
+func (o *runOptions) AddFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.config, "config", "/etc/metaguard/policy.yaml", "policy file; reloaded when it changes (ConfigMap symlink swaps included)")
+	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name; only pods with spec.nodeName equal to it are watched [NODE_NAME]")
+	fs.StringVar(&o.hostIPs, "host-ip", os.Getenv("HOST_IP"), "node IP the redirect DNATs to; IPv4, IPv6 or both comma-separated [HOST_IP]")
+	fs.StringVar(&o.listen, "listen", ":8181", "proxy address; every metadata endpoint is DNATed to its port")
+	fs.StringVar(&o.metricsListen, "metrics-listen", ":9181", "address of /metrics, /healthz and /readyz")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster service account)")
+	fs.BoolVar(&o.iptables, "iptables", true, "manage the redirect rules")
+	fs.StringVar(&o.iptablesMode, "iptables-mode", redirect.ModeAuto, "iptables back end: auto (the one holding the node's rules), nft or legacy")
+	fs.DurationVar(&o.syncPeriod, "sync-period", redirect.DefaultSyncPeriod, "how often the rules are checked and repaired")
+	fs.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "remove the rules on exit (default keeps them: pods stay cut off from the IMDS while metaguard restarts)")
+	fs.DurationVar(&o.identityWait, "identity-wait", time.Second, "how long a request from an unknown source IP waits for its pod to appear in the cache")
+	fs.StringVar(&o.auditLog, "audit-log", "-", "audit log destination: - for stdout, or a file (appended; reopened on SIGHUP)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "operational log level: debug, info, warn, error")
+	fs.DurationVar(&o.upstreamTimeout, "upstream-timeout", 10*time.Second, "bound on one forwarded request (GCP long polls get their timeout_sec on top)")
+	fs.DurationVar(&o.reloadInterval, "reload-interval", time.Second, "how often the policy file is checked for changes")
+	fs.StringVar(&o.nodeTaint, "node-taint", "", "taint key to remove from this node once rules are in place and the proxy is ready (needs patch on nodes)")
+}
+
+type runConfig struct {
+	hostIPs    []netip.Addr
+	listenPort uint16
+	level      slog.Level
+}
+
+func (o *runOptions) validate() (runConfig, error) {
+	var c runConfig
+	if o.nodeName == "" {
+		return c, usageErr("--node-name (or NODE_NAME) is required: metaguard watches only this node's pods")
+	}
+	for _, s := range strings.Split(o.hostIPs, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return c, usageErr("--host-ip: %q is not an IP address", s)
+		}
+		c.hostIPs = append(c.hostIPs, ip.Unmap())
+	}
+	if o.iptables && len(c.hostIPs) == 0 {
+		return c, usageErr("--host-ip (or HOST_IP) is required with --iptables: it is where pod metadata traffic is DNATed to")
+	}
+	_, port, err := net.SplitHostPort(o.listen)
+	if err != nil {
+		return c, usageErr("--listen: %v", err)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || p == 0 {
+		return c, usageErr("--listen needs a fixed port, got %q", o.listen)
+	}
+	c.listenPort = uint16(p)
+	if err := c.level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return c, usageErr("--log-level: %v", err)
+	}
+	if o.identityWait < 0 || o.syncPeriod <= 0 || o.upstreamTimeout <= 0 || o.reloadInterval <= 0 {
+		return c, usageErr("durations must be positive (--identity-wait may be 0)")
+	}
+	return c, nil
+}
+
+func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
+	var o runOptions
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	o.AddFlags(fs)
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErr("run takes no arguments, got %q", fs.Args())
+	}
+	c, err := o.validate()
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: c.level}))
+	log.Info("metaguard starting", "version", version, "node", o.nodeName, "config", o.config)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	store, err := policy.NewStore(o.config, log, reg)
+	if err != nil {
+		return err
+	}
+	audit, err := openAudit(o.auditLog)
+	if err != nil {
+		return err
+	}
+	defer audit.Close()
+
+	client, err := kubeClient(o.kubeconfig)
+	if err != nil {
+		return err
+	}
+	index, err := podindex.New(client, podindex.Options{NodeName: o.nodeName, Wait: o.identityWait, Logger: log}, reg)
+	if err != nil {
+		return err
+	}
+
+	var rec *redirect.Reconciler
+	if o.iptables {
+		rec, err = redirect.New(redirect.Config{HostIPs: c.hostIPs, ListenPort: c.listenPort, Mode: o.iptablesMode, Logger: log, Registerer: reg})
+		if err != nil {
+			return fmt.Errorf("setting up redirect rules: %w", err)
+		}
+		if err := rec.SetEndpoints(redirectEndpoints(store.Current())); err != nil {
+			return fmt.Errorf("setting up redirect rules: %w", err)
+		}
+		store.OnChange(func(p *policy.Policy) {
+			if err := rec.SetEndpoints(redirectEndpoints(p)); err != nil {
+				log.Error("redirect rules do not follow the new policy's endpoints", "error", err)
+			}
+		})
+	}
+
+	srv, err := proxy.New(proxy.Config{
+		Policy:          store.Current,
+		Identities:      index,
+		OriginalDst:     originalDst(o.iptables),
+		Audit:           audit,
+		Log:             log,
+		Registerer:      reg,
+		UpstreamTimeout: o.upstreamTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	proxyLn, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listening for pods: %w", err)
+	}
+	metricsLn, err := net.Listen("tcp", o.metricsListen)
+	if err != nil {
+		proxyLn.Close()
+		return fmt.Errorf("listening for metrics: %w", err)
+	}
+
+	ready := func() []string {
+		var missing []string
+		if !index.HasSynced() {
+			missing = append(missing, "pod and namespace informers not synced")
+		}
+		if rec != nil && !rec.Ready() {
+			missing = append(missing, "redirect rules not in place")
+		}
+		return missing
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Serve(gctx, proxyLn) })
+	g.Go(func() error { return serveMetrics(gctx, metricsLn, reg, ready, log) })
+	g.Go(func() error { return index.Run(gctx) })
+	g.Go(func() error { store.Watch(gctx, o.reloadInterval); return nil })
+	g.Go(func() error { audit.reopenOnHUP(gctx, store, log); return nil })
+	if rec != nil {
+		g.Go(func() error { return rec.Run(gctx, o.syncPeriod) })
+	}
+	if o.nodeTaint != "" {
+		g.Go(func() error { return removeTaintWhenReady(gctx, client, o.nodeName, o.nodeTaint, ready, log) })
+	}
+	err = g.Wait()
+	log.Info("metaguard stopping", "error", err)
+
+	if rec != nil && o.cleanupOnExit {
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if cerr := rec.Cleanup(cctx); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("removing rules on exit: %w", cerr))
+		}
+	}
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func redirectEndpoints(p *policy.Policy) []redirect.Endpoint {
+	eps := make([]redirect.Endpoint, 0, len(p.Endpoints()))
+	for _, e := range p.Endpoints() {
+		eps = append(eps, redirect.Endpoint{Name: e.Name, Addr: e.Addr})
+	}
+	return eps
+}
+
+// originalDst reads SO_ORIGINAL_DST when the redirect is ours; without it
+// a connection is bound for where it arrived.
+func originalDst(iptables bool) func(net.Conn) (netip.AddrPort, error) {
+	if !iptables {
+		return nil
+	}
+	return redirect.OriginalDst
+}
+
+func serveMetrics(ctx context.Context, ln net.Listener, reg *prometheus.Registry, ready func() []string, log *slog.Logger) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttpHandler(reg))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if missing := ready(); len(missing) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "not ready: "+strings.Join(missing, "; ")+"\n")
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serving metrics: %w", err)
+	}
+	return nil
+}
