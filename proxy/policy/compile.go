@@ -79,6 +79,7 @@ func (c *compiler) compile(s *fileSpec) *Policy {
 	}
 
 	ruleNames := map[string]bool{}
+	var specs []*ruleSpec
 	for i := range s.Rules {
 		path := fieldPath{"rules", i}
 		r := c.rule(path, &s.Rules[i], names)
@@ -90,7 +91,9 @@ func (c *compiler) compile(s *fileSpec) *Policy {
 		}
 		ruleNames[r.name] = true
 		p.rules = append(p.rules, r)
+		specs = append(specs, &s.Rules[i])
 	}
+	p.index = buildIndex(specs)
 	return p
 }
 

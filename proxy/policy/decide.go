@@ -102,7 +102,9 @@ func (p *Policy) decide(id identity.Identity, req *Request, tr *trace) Decision 
 		allowRule       string // first rule that allows the request
 		credRule        string // first allowing rule with credentials: allow
 	)
-	for _, r := range p.rules {
+	var buf [32]int32
+	for _, i := range p.index.candidates(buf[:0], id.Labels, id.NamespaceLabels, id.ServiceAccount) {
+		r := p.rules[i]
 		if !r.selects(id.Labels, id.NamespaceLabels, id.ServiceAccount, ep) {
 			continue
 		}

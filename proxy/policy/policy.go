@@ -32,6 +32,7 @@ type Policy struct {
 	endpoints []*Endpoint
 	byAddr    map[netip.AddrPort]*Endpoint
 	rules     []*rule
+	index     ruleIndex
 }
 
 // RateLimit is a per-pod token bucket protecting the node's IMDS quota.
