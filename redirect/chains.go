@@ -44,53 +44,50 @@ func ensureChain(ctx context.Context, run runner, table, chain string, want [][]
 		changes = append(changes, fmt.Sprintf("%s %s: created chain", table, chain))
 	}
 
-	// First drop what is not wanted at all (an endpoint removed, a rule
-	// someone else added), so the in-place pass below rarely needs to move
-	// anything. Deleting by position is safe here only because the chain is
-	// ours; built-in chains are never edited by position.
-	need := map[string]int{}
+	// One pass lays want out, in order, as a subsequence of the chain:
+	// rules already in place are kept, missing ones inserted where they
+	// belong, and a rule no longer wanted further on is stepped over. Only
+	// then are the stepped-over rules deleted, so a rule being replaced
+	// (a renamed endpoint, a reordered chain) has its successor in place
+	// first and no packet finds the chain half-empty.
+	remaining := map[string]int{}
 	for _, w := range want {
-		need[ruleKey(w)]++
+		remaining[ruleKey(w)]++
 	}
-	var unwanted []int
-	for i, c := range cur {
-		if k := ruleKey(c); need[k] > 0 {
-			need[k]--
-		} else {
-			unwanted = append(unwanted, i)
+	keep := make([]bool, len(cur))
+	pos := 0
+	for _, w := range want {
+		for pos < len(cur) && remaining[ruleKey(cur[pos])] == 0 {
+			pos++ // not wanted from here on: deleted below
 		}
-	}
-	for _, i := range slices.Backward(unwanted) {
-		if err := ctx.Err(); err != nil {
-			return changes, err
-		}
-		if err := run.DeleteById(table, chain, i+1); err != nil {
-			return changes, fmt.Errorf("deleting rule %d of %s %s: %w", i+1, table, chain, err)
-		}
-		cur = slices.Delete(cur, i, i+1)
-		changes = append(changes, fmt.Sprintf("%s %s: deleted unwanted rule %d", table, chain, i+1))
-	}
-
-	// Then insert every rule that is missing or out of place at its position;
-	// a rule that was merely out of place ends up as a leftover at the end.
-	for j, w := range want {
-		if j < len(cur) && sameRule(cur[j], w) {
+		remaining[ruleKey(w)]--
+		if pos < len(cur) && sameRule(cur[pos], w) {
+			keep[pos] = true
+			pos++
 			continue
 		}
 		if err := ctx.Err(); err != nil {
 			return changes, err
 		}
-		if err := run.Insert(table, chain, j+1, w...); err != nil {
-			return changes, fmt.Errorf("inserting rule %d into %s %s: %w", j+1, table, chain, err)
+		if err := run.Insert(table, chain, pos+1, w...); err != nil {
+			return changes, fmt.Errorf("inserting rule %d into %s %s: %w", pos+1, table, chain, err)
 		}
-		cur = slices.Insert(cur, j, w)
-		changes = append(changes, fmt.Sprintf("%s %s: inserted rule %d", table, chain, j+1))
+		cur = slices.Insert(cur, pos, w)
+		keep = slices.Insert(keep, pos, true)
+		changes = append(changes, fmt.Sprintf("%s %s: inserted rule %d", table, chain, pos+1))
+		pos++
 	}
-	for k := len(cur); k > len(want); k-- {
-		if err := run.DeleteById(table, chain, k); err != nil {
-			return changes, fmt.Errorf("deleting rule %d of %s %s: %w", k, table, chain, err)
+	// Deleting by position is safe only because the chain is ours; rules in
+	// built-in chains are only ever deleted by spec. Highest first, so the
+	// positions still to delete do not move.
+	for i := len(cur) - 1; i >= 0; i-- {
+		if keep[i] {
+			continue
 		}
-		changes = append(changes, fmt.Sprintf("%s %s: deleted misplaced rule %d", table, chain, k))
+		if err := run.DeleteById(table, chain, i+1); err != nil {
+			return changes, fmt.Errorf("deleting rule %d of %s %s: %w", i+1, table, chain, err)
+		}
+		changes = append(changes, fmt.Sprintf("%s %s: deleted rule %d", table, chain, i+1))
 	}
 	return changes, nil
 }

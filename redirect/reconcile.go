@@ -168,15 +168,25 @@ func (r *Reconciler) SetEndpoints(eps []Endpoint) error {
 }
 
 // Ready reports whether the last sync left the rules for the current
-// endpoints in place. It is false until SetEndpoints and a sync succeeded.
+// endpoints in place. It is false until SetEndpoints and a sync succeeded,
+// after a failed sync, and after Cleanup.
 func (r *Reconciler) Ready() bool { return r.ready.Load() }
 
 // Sync makes the kernel's rules match the current endpoints once. After the
 // first successful sync, a later one that has to change anything although
-// the endpoints did not change counts a repair.
+// the endpoints did not change counts a repair. Before the first
+// SetEndpoints it does nothing: a restarted metaguard must not remove the
+// rules its predecessor left (fail closed) only because it has not read its
+// policy yet.
 func (r *Reconciler) Sync(ctx context.Context) error {
 	r.syncMu.Lock()
 	defer r.syncMu.Unlock()
+	r.mu.Lock()
+	set := r.endpointsSet
+	r.mu.Unlock()
+	if !set {
+		return nil
+	}
 	if err := r.sync(ctx); err != nil {
 		r.metrics.syncs.WithLabelValues("error").Inc()
 		r.ready.Store(false)
@@ -189,7 +199,7 @@ func (r *Reconciler) Sync(ctx context.Context) error {
 
 func (r *Reconciler) sync(ctx context.Context) error {
 	r.mu.Lock()
-	eps, set := r.endpoints, r.endpointsSet
+	eps := r.endpoints
 	r.mu.Unlock()
 	want, err := desiredRules(eps, r.hostIPs, r.port)
 	if err != nil {
@@ -222,7 +232,7 @@ func (r *Reconciler) sync(ctx context.Context) error {
 		r.log.Info("redirect rules installed", "backend", string(r.backend), "endpoints", len(eps), "changes", changes)
 	}
 	r.applied = key
-	r.ready.Store(set)
+	r.ready.Store(true)
 	r.flushConntrack(ctx, flush)
 	return nil
 }

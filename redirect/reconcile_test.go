@@ -355,3 +355,29 @@ func TestFailedSyncIsCountedAndNotReady(t *testing.T) {
 		t.Error("not ready after recovering")
 	}
 }
+
+func TestSyncBeforeSetEndpointsKeepsThePredecessorsRules(t *testing.T) {
+	fx := newFixture(t)
+	fx.setAndSync(t, awsV4, awsV6)
+	installed := fx.v4.save()
+
+	// A restarted metaguard syncs (say, Run started early) before it has
+	// read its policy.
+	restarted, err := New(Config{HostIPs: []netip.Addr{host4, host6}, ListenPort: 8181, Mode: ModeNFT, sys: fx.sys.system()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.v4.resetOps()
+	if err := restarted.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if w := fx.v4.writes(); len(w) != 0 {
+		t.Errorf("sync without endpoints wrote %q", w)
+	}
+	if got := fx.v4.save(); got != installed {
+		t.Errorf("rules changed:\n%s\nwant:\n%s", got, installed)
+	}
+	if restarted.Ready() {
+		t.Error("ready without endpoints")
+	}
+}
