@@ -8,7 +8,9 @@ import (
 )
 
 func TestEnsureChainCommands(t *testing.T) {
-	r := func(name string) []string { return []string{"-d", "10.9.9.9/32", "-m", "comment", "--comment", name, "-j", "DROP"} }
+	r := func(name string) []string {
+		return []string{"-d", "10.9.9.9/32", "-m", "comment", "--comment", name, "-j", "DROP"}
+	}
 	tests := []struct {
 		name      string
 		cur, want [][]string
