@@ -18,7 +18,9 @@
 // via github.com/coreos/go-iptables behind the narrow runner interface, and
 // to conntrack only through the conntrack binary.
 //
-// Public surface: Config, Endpoint, New, Reconciler (Sync, SetEndpoints,
-// Run, Ready, Backend, Cleanup), CleanupAll, OriginalDst, and the chain names
-// NATChain and FilterChain.
+// Public surface: Config (with ModeAuto, ModeNFT, ModeLegacy), Endpoint, New,
+// Reconciler (SetEndpoints, Sync, Run, Ready, Backend, Cleanup),
+// DefaultSyncPeriod, CleanupAll, OriginalDst, and the chain names NATChain and
+// FilterChain. Metrics: metaguard_redirect_syncs_total{result} and
+// metaguard_redirect_repairs_total, on the Registerer in Config.
 package redirect
