@@ -13,6 +13,6 @@
 // policy; it only names the caller. RBAC it needs: get, list and watch on pods
 // and namespaces, nothing else.
 //
-// Public surface: Options, New, Index (Run, HasSynced, WaitForSync, Lookup,
-// Len), IdentityOf.
+// Public surface: Options (and its defaults), New, Index (Run, HasSynced,
+// WaitForSync, Lookup, Len), IdentityOf, PodFieldSelector.
 package podindex

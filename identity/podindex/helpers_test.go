@@ -149,7 +149,12 @@ func lookup(x *Index, ip string) answer {
 // travel through the fake API and the informer asynchronously.
 func eventually(t *testing.T, what string, check func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	eventuallyWithin(t, 5*time.Second, what, check)
+}
+
+func eventuallyWithin(t *testing.T, limit time.Duration, what string, check func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
 	for !check() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -162,11 +167,22 @@ func eventually(t *testing.T, what string, check func() bool) {
 // Wait so an unknown answer is immediate.
 func (h *harness) expectAnswer(ip string, want answer) {
 	h.t.Helper()
-	var got answer
-	eventually(h.t, ip+" to resolve to "+want.String(), func() bool {
-		got = lookup(h.index, ip)
-		return got == want
-	})
+	h.expectAnswerWithin(5*time.Second, ip, want)
+}
+
+func (h *harness) expectAnswerWithin(limit time.Duration, ip string, want answer) {
+	h.t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		got := lookup(h.index, ip)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("%s still resolves to %v after %s, want %v", ip, got, limit, want)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 func testNamespaces() []runtime.Object {

@@ -155,8 +155,10 @@ func TestCachedIdentitiesSurviveAnAPIServerOutage(t *testing.T) {
 
 	t.Run("after reconnecting, the relist removes what was deleted meanwhile", func(t *testing.T) {
 		// A's deletion was never watched; the relist drops it with a
-		// tombstone, the path that must unindex by key.
-		h.expectAnswer("10.0.0.2", found("b"))
+		// tombstone, the path that must unindex by key. The reflector
+		// retries with exponential backoff (0.8s doubling, with jitter), so
+		// the relist can take seconds.
+		h.expectAnswerWithin(30*time.Second, "10.0.0.2", found("b"))
 		h.expectAnswer("10.0.0.1", unknown)
 	})
 	t.Run("after reconnecting, new events flow again", func(t *testing.T) {
