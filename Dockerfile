@@ -29,8 +29,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends iptables conntrack \
  && rm -rf /var/lib/apt/lists/*
 # The wrapper answers to the plain iptables names from /usr/local/sbin,
-# which comes before /usr/sbin in PATH, so Debian's alternatives symlinks
-# stay untouched and the root filesystem can be read-only.
+# which comes before /usr/sbin in PATH (set here, not left to the base
+# image), so Debian's alternatives symlinks stay untouched and the root
+# filesystem can be read-only. metaguard itself runs iptables-nft or
+# iptables-legacy by full name after its own detection.
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 COPY deploy/image/iptables-wrapper /usr/local/sbin/iptables-wrapper
 RUN chmod 0755 /usr/local/sbin/iptables-wrapper \
  && for name in iptables iptables-save iptables-restore \
