@@ -1,0 +1,35 @@
+#!/bin/sh
+# build.sh NAME PACKAGE: build one pinned e2e tool into bin/NAME.
+#
+# Each tool is its own Go module under e2e/tools/NAME, so its (large)
+# dependency graph never touches metaguard's go.mod. The binary is rebuilt
+# only when the pinned version changes: bin/.NAME.stamp records a hash of
+# the tool module's go.mod, go.sum and Go files, and the build runs only when
+# that hash differs or the binary is missing. File timestamps are not used,
+# so a bin/ restored from a CI cache or copied from another checkout is
+# trusted as long as its stamp matches.
+#
+# GOCACHE and GOMODCACHE are left alone so that CI can cache them; a rebuild
+# after a version bump then recompiles only what changed.
+set -eu
+
+name=$1
+pkg=$2
+root=$(cd "$(dirname "$0")/../.." && pwd)
+dir=$root/e2e/tools/$name
+bin=$root/bin
+stamp=$bin/.$name.stamp
+
+want=$(cd "$dir" && cat go.mod go.sum *.go | sha256sum | cut -d' ' -f1)
+want="$want $pkg"
+
+if [ -x "$bin/$name" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+	exit 0
+fi
+
+echo "building bin/$name as pinned in e2e/tools/$name/go.mod (minutes on a cold Go cache)" >&2
+mkdir -p "$bin"
+# -buildvcs=false: the tool's VCS state is the pin in go.mod, not metaguard's checkout.
+(cd "$dir" && go build -buildvcs=false -o "$bin/$name.tmp" "$pkg")
+mv -f "$bin/$name.tmp" "$bin/$name"
+printf '%s\n' "$want" >"$stamp"
