@@ -1,0 +1,92 @@
+// Command fakecloud serves a GCP- or Azure-flavoured instance metadata API
+// for the e2e sandbox and records every request it receives (see package
+// metaguard.dev/metaguard/e2e/fakecloud).
+//
+//	fakecloud -flavor gcp -listen 169.254.169.252:80 -control 127.0.0.1:9001
+//
+// The control listener (records, value changes) must not be reachable from
+// pods; the sandbox binds it to the cloud namespace's loopback.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"metaguard.dev/metaguard/e2e/fakecloud"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	fs := flag.NewFlagSet("fakecloud", flag.ContinueOnError)
+	flavor := fs.String("flavor", "", "gcp or azure")
+	listen := fs.String("listen", "", "comma-separated addresses for the metadata API")
+	control := fs.String("control", "127.0.0.1:9001", "address for the control API")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return 2
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	srv, err := fakecloud.New(fakecloud.Flavor(*flavor))
+	if err != nil || *listen == "" {
+		fmt.Fprintf(os.Stderr, "fakecloud: need -flavor gcp|azure and -listen (%v)\n", err)
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	g, ctx := errgroup.WithContext(ctx)
+	serve := func(addr string, h http.Handler) error {
+		// Listen before serving so that a bad address fails the start, not
+		// the first request.
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listening on %s: %w", addr, err)
+		}
+		hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+		g.Go(func() error {
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			return hs.Shutdown(sctx)
+		})
+		g.Go(func() error {
+			if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		log.Info("serving", "addr", addr, "flavor", *flavor)
+		return nil
+	}
+	for _, addr := range strings.Split(*listen, ",") {
+		if err := serve(addr, srv.Handler()); err != nil {
+			log.Error("start", "err", err)
+			stop()
+			_ = g.Wait()
+			return 1
+		}
+	}
+	if err := serve(*control, srv.ControlHandler()); err != nil {
+		log.Error("start", "err", err)
+		stop()
+		_ = g.Wait()
+		return 1
+	}
+	if err := g.Wait(); err != nil {
+		log.Error("serve", "err", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,16 @@
+// Package fakecloud is the GCP- and Azure-flavoured instance metadata
+// upstream of the e2e sandbox (AWS is served by amazon-ec2-metadata-mock).
+//
+// It owns two handlers per server: the metadata API, modelled on what GCE's
+// and Azure's metadata servers do at the HTTP level (required headers,
+// rejected X-Forwarded-For, directory listings, recursive JSON, alt=text,
+// long-polls with ETags, token documents), and a control API for the test
+// (recorded requests, changing a value to wake long-polls). Every request
+// the metadata handler receives is recorded with its method, raw path, raw
+// query and headers, so a test can prove what metaguard forwarded and what
+// it never let through.
+//
+// The data is fake and fixed; it must not grow into a general emulator.
+// Public surface: Flavor, New, Server (Handler, ControlHandler, Records,
+// Reset, SetValue), Record.
+package fakecloud
