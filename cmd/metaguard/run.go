@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/klog/v2"
 
 	"metaguard.dev/metaguard/identity/podindex"
 	"metaguard.dev/metaguard/proxy"
@@ -124,6 +125,8 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: c.level}))
+	// client-go logs through klog; one log stream, one format.
+	klog.SetSlogLogger(log)
 	log.Info("metaguard starting", "version", version, "node", o.nodeName, "config", o.config)
 
 	reg := prometheus.NewRegistry()
