@@ -160,10 +160,10 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 		if err := rec.SetEndpoints(redirectEndpoints(store.Current())); err != nil {
 			return fmt.Errorf("setting up redirect rules: %w", err)
 		}
-		store.OnChange(func(p *policy.Policy) {
-			if err := rec.SetEndpoints(redirectEndpoints(p)); err != nil {
-				log.Error("redirect rules do not follow the new policy's endpoints", "error", err)
-			}
+		store.OnChange(func(p *policy.Policy) error {
+			// An endpoint the kernel cannot redirect (an IPv6 one without an
+			// IPv6 --host-ip) would be reachable directly: refuse the policy.
+			return rec.SetEndpoints(redirectEndpoints(p))
 		})
 	}
 

@@ -31,7 +31,7 @@ type Store struct {
 
 	mu        sync.Mutex // serialises reloads and guards what follows
 	sum       [sha256.Size]byte
-	listeners []func(*Policy)
+	listeners []func(*Policy) error
 	infoGen   string
 	infoMode  string
 
@@ -80,9 +80,13 @@ func (s *Store) Current() *Policy { return s.cur.Load() }
 // Generation counts applied policies, starting at 1.
 func (s *Store) Generation() uint64 { return s.gen.Load() }
 
-// OnChange registers f to be called with every newly applied policy, in
-// the reloading goroutine; f must not block for long.
-func (s *Store) OnChange(f func(*Policy)) {
+// OnChange registers f to be called with every valid new policy before it
+// is applied, in the reloading goroutine; f must not block for long. An
+// error from f rejects the policy like a validation error does: it lets a
+// part that must follow the policy (the kernel's redirect rules) refuse
+// one it cannot follow, rather than have the proxy and the kernel
+// disagree about what is intercepted.
+func (s *Store) OnChange(f func(*Policy) error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.listeners = append(s.listeners, f)
@@ -110,12 +114,14 @@ func (s *Store) Reload() error {
 		return s.failed(err)
 	}
 	s.sum = sum
+	for _, f := range s.listeners {
+		if err := f(p); err != nil {
+			return s.failed(fmt.Errorf("policy %s refused: %w", s.path, err))
+		}
+	}
 	s.apply(p)
 	s.reloads.WithLabelValues("success").Inc()
 	s.log.Info("policy reloaded", "generation", s.gen.Load(), "mode", p.Mode, "rules", len(p.rules), "endpoints", len(p.endpoints))
-	for _, f := range s.listeners {
-		f(p)
-	}
 	return nil
 }
 

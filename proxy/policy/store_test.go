@@ -1,10 +1,12 @@
 package policy
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,7 +54,7 @@ func TestStoreFollowsConfigMapSymlinkSwapsAndKeepsTheGoodPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	changed := 0
-	s.OnChange(func(*Policy) { changed++ })
+	s.OnChange(func(*Policy) error { changed++; return nil })
 	if s.Current().Mode != ModeEnforce || s.Generation() != 1 {
 		t.Fatalf("initial: mode %s generation %d", s.Current().Mode, s.Generation())
 	}
@@ -104,6 +106,21 @@ func TestStoreFollowsConfigMapSymlinkSwapsAndKeepsTheGoodPolicy(t *testing.T) {
 		}
 		if v := testutil.ToFloat64(s.reloads.WithLabelValues("success")); v != 2 {
 			t.Errorf("reloads{success} = %v, want 2", v)
+		}
+	})
+	t.Run("a policy a listener refuses is not applied", func(t *testing.T) {
+		s.OnChange(func(p *Policy) error {
+			if p.Mode == ModeAudit {
+				return errors.New("no audit today")
+			}
+			return nil
+		})
+		writeConfigMapVolume(t, dir, "5", auditDoc)
+		if err := s.Reload(); err == nil || !strings.Contains(err.Error(), "no audit today") {
+			t.Fatalf("Reload = %v, want the listener's refusal", err)
+		}
+		if s.Current().Mode != ModeEnforce || s.Generation() != 3 {
+			t.Fatalf("mode %s generation %d: the refused policy was applied", s.Current().Mode, s.Generation())
 		}
 	})
 	t.Run("a missing file keeps the policy", func(t *testing.T) {
