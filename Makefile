@@ -55,8 +55,11 @@ fuzz:
 	$(GO) test -run XXX -fuzz FuzzForwardedPathIsTheMatchedPath -fuzztime $(FUZZTIME) ./proxy
 	$(GO) test -run XXX -fuzz FuzzStripNeverLeaksAHiddenEntry -fuzztime $(FUZZTIME) ./proxy
 
+ENGINE ?= $(shell command -v docker || command -v podman)
+
 image:
-	docker build --build-arg VERSION=$(VERSION) -t metaguard:$(VERSION) .
+	@test -n "$(ENGINE)" || { echo "make image needs docker or podman"; exit 1; }
+	$(ENGINE) build --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) -t metaguard:$(VERSION) .
 
 clean:
 	rm -rf bin
