@@ -1,6 +1,8 @@
 // Package redirect owns metaguard's kernel rules: the iptables and ip6tables
 // rules that send pods' TCP connections for metadata endpoints to the proxy
-// and drop every other packet pods send to those addresses.
+// and drop every other packet pods send to those addresses, except ICMP and
+// the DNS (UDP and TCP 53) and NTP (UDP 123) that GCP and Azure serve on
+// their metadata addresses, unless the policy names that very port.
 //
 // It installs, verifies, repairs and removes exactly two chains per address
 // family, nat METAGUARD-PREROUTING (jumped to from PREROUTING at position 1)

@@ -95,10 +95,7 @@ func testKernel(t *testing.T, b backend) {
 			t.Fatalf("before install, pod's connection to %s reached %q", addr, got)
 		}
 	}
-	sendUDP(t, topo.pod, "169.254.169.254:80", "before")
-	if got := <-srv.udp; got != "before" {
-		t.Fatalf("IMDS got UDP %q", got)
-	}
+	srv.expectUDP(t, topo.pod, "169.254.169.254:80", ":80", "before")
 	keepAlive, err := dial(t, topo.pod, "169.254.169.254:80", 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -141,11 +138,15 @@ func testKernel(t *testing.T, b backend) {
 		expectDropped(t, topo.pod, "[fd00:ec2::254]:81")
 	})
 	t.Run("a pod's UDP to an endpoint is dropped", func(t *testing.T) {
-		sendUDP(t, topo.pod, "169.254.169.254:80", "after")
-		select {
-		case got := <-srv.udp:
-			t.Fatalf("IMDS received UDP %q", got)
-		case <-time.After(dropWait):
+		srv.expectUDPDropped(t, topo.pod, "169.254.169.254:80", ":80")
+		srv.expectUDPDropped(t, topo.pod, "[fd00:ec2::254]:80", ":80")
+	})
+	t.Run("a pod's DNS and NTP to an endpoint address reach the IMDS, as GCP and Azure serve them there", func(t *testing.T) {
+		srv.expectUDP(t, topo.pod, "169.254.169.254:53", ":53", "dns")
+		srv.expectUDP(t, topo.pod, "[fd00:ec2::254]:53", ":53", "dns6")
+		srv.expectUDP(t, topo.pod, "169.254.169.254:123", ":123", "ntp")
+		if got := greeting(t, topo.pod, "169.254.169.254:53"); got != "imds" {
+			t.Errorf("pod's DNS over TCP reached %q, want the IMDS", got)
 		}
 	})
 	t.Run("a pod's ICMP echo to an endpoint is answered", func(t *testing.T) {

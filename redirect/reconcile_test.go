@@ -287,8 +287,8 @@ func TestEndpointChangesAreUpdatesNotRepairs(t *testing.T) {
 				t.Errorf("rule for a removed endpoint remains: %s", r)
 			}
 		}
-		if n := len(chainRules(t, fx.v4, "filter", FilterChain)); n != 2 {
-			t.Errorf("filter chain has %d rules, want 2", n)
+		if n := len(chainRules(t, fx.v4, "filter", FilterChain)); n != 5 {
+			t.Errorf("filter chain has %d rules, want the 5 of one address", n)
 		}
 	})
 	t.Run("adding an endpoint adds its rules and flushes conntrack for its family", func(t *testing.T) {

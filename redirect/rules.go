@@ -96,9 +96,29 @@ func (rs ruleSet) empty() bool {
 	return true
 }
 
+// passThrough are the services besides the metadata HTTP API that clouds run
+// on their metadata addresses: on GCP 169.254.169.254 is also the VPC's DNS
+// resolver (UDP and TCP 53) and NTP server (UDP 123), and on Azure the
+// WireServer address 168.63.129.16, which a policy may name as an endpoint,
+// is the VNet's DNS resolver. CoreDNS forwards to these, so dropping them
+// would break cluster DNS on install. They carry no metadata and no
+// credentials, so they are let through like ICMP.
+var passThrough = []struct {
+	proto string
+	port  uint16
+	what  string
+}{
+	{"udp", 53, "DNS"},
+	{"tcp", 53, "DNS over TCP"},
+	{"udp", 123, "NTP"},
+}
+
 // desiredRules is the whole of metaguard's kernel state as a pure function of
-// its inputs. Every family with a host IP gets an entry, possibly empty: an
-// empty set means "this family must hold none of our chains".
+// its inputs. Every family with a host IP or an endpoint gets an entry,
+// possibly empty: an empty set means "this family must hold none of our
+// chains". A family without a host IP gets no nat rules, as there is no
+// address to DNAT to, but its endpoints still get their filter rules, so
+// pods cannot reach them directly: fail closed.
 //
 // The rules are written exactly as iptables -S prints them (both back ends
 // agree), so an unchanged kernel compares equal without any extra command.
@@ -115,36 +135,63 @@ func desiredRules(endpoints []Endpoint, hostIPs []netip.Addr, port uint16) (map[
 	for f := range hosts {
 		out[f] = ruleSet{NATChain: nil, FilterChain: nil}
 	}
+	named := map[netip.Addr][]uint16{}
+	for _, ep := range eps {
+		named[ep.Addr.Addr()] = append(named[ep.Addr.Addr()], ep.Addr.Port())
+	}
 	seenAddr := map[netip.Addr]bool{}
 	for _, ep := range eps {
 		f := familyOf(ep.Addr.Addr())
-		rs := out[f]
-		to := netip.AddrPortFrom(hosts[f], port).String()
-		rs[NATChain] = append(rs[NATChain], []string{
-			"-d", prefix(ep.Addr.Addr()), "-p", "tcp", "-m", "tcp", "--dport", strconv.Itoa(int(ep.Addr.Port())),
-			"-m", "comment", "--comment", commentPrefix + "redirect " + ep.Name + " to the proxy",
-			"-j", "DNAT", "--to-destination", to,
-		})
+		rs, ok := out[f]
+		if !ok {
+			rs = ruleSet{NATChain: nil, FilterChain: nil}
+			out[f] = rs
+		}
+		if host, ok := hosts[f]; ok {
+			to := netip.AddrPortFrom(host, port).String()
+			rs[NATChain] = append(rs[NATChain], []string{
+				"-d", prefix(ep.Addr.Addr()), "-p", "tcp", "-m", "tcp", "--dport", strconv.Itoa(int(ep.Addr.Port())),
+				"-m", "comment", "--comment", commentPrefix + "redirect " + ep.Name + " to the proxy",
+				"-j", "DNAT", "--to-destination", to,
+			})
+		}
 		if seenAddr[ep.Addr.Addr()] {
 			continue
 		}
 		seenAddr[ep.Addr.Addr()] = true
-		icmp := "icmp"
-		if f == ipv6 {
-			icmp = "ipv6-icmp"
-		}
-		// ICMP carries nothing the proxy guards and keeps ping and path MTU
-		// discovery towards the endpoint working.
-		rs[FilterChain] = append(rs[FilterChain],
-			[]string{"-d", prefix(ep.Addr.Addr()), "-p", icmp,
-				"-m", "comment", "--comment", commentPrefix + "let ICMP to " + ep.Name + " through",
-				"-j", "RETURN"},
-			[]string{"-d", prefix(ep.Addr.Addr()),
-				"-m", "comment", "--comment", commentPrefix + "drop traffic to " + ep.Name + " that bypassed the proxy",
-				"-j", "DROP"},
-		)
+		rs[FilterChain] = append(rs[FilterChain], filterRules(ep, named[ep.Addr.Addr()])...)
 	}
 	return out, nil
+}
+
+// filterRules are the rules for one endpoint address: let ICMP and the
+// cloud's DNS and NTP through, drop the rest. named lists the ports of that
+// address the policy names as endpoints; those are never let through, not
+// even for DNS: the proxy owns them. Their TCP is DNATed before the filter
+// table sees it (and so never matches here), and leaving them out keeps the
+// port closed if another agent flushes the DNAT rule.
+func filterRules(ep Endpoint, named []uint16) [][]string {
+	d := prefix(ep.Addr.Addr())
+	icmp := "icmp"
+	if familyOf(ep.Addr.Addr()) == ipv6 {
+		icmp = "ipv6-icmp"
+	}
+	// ICMP carries nothing the proxy guards and keeps ping and path MTU
+	// discovery towards the endpoint working.
+	rules := [][]string{{"-d", d, "-p", icmp,
+		"-m", "comment", "--comment", commentPrefix + "let ICMP to " + ep.Name + " through",
+		"-j", "RETURN"}}
+	for _, p := range passThrough {
+		if slices.Contains(named, p.port) {
+			continue
+		}
+		rules = append(rules, []string{"-d", d, "-p", p.proto, "-m", p.proto, "--dport", strconv.Itoa(int(p.port)),
+			"-m", "comment", "--comment", commentPrefix + "let " + p.what + " to " + ep.Name + " through",
+			"-j", "RETURN"})
+	}
+	return append(rules, []string{"-d", d,
+		"-m", "comment", "--comment", commentPrefix + "drop traffic to " + ep.Name + " that bypassed the proxy",
+		"-j", "DROP"})
 }
 
 // normalizeEndpoints validates, unmaps, sorts and deduplicates endpoints, so

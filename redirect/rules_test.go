@@ -28,6 +28,17 @@ func rendered(rs ruleSet) string {
 	return b.String()
 }
 
+// filterLines is what METAGUARD-FORWARD holds for one endpoint address that
+// the policy names on no DNS or NTP port, as iptables -S prints it.
+func filterLines(d, name, icmp string) string {
+	return `-A METAGUARD-FORWARD -d ` + d + ` -p ` + icmp + ` -m comment --comment "metaguard: let ICMP to ` + name + ` through" -j RETURN
+-A METAGUARD-FORWARD -d ` + d + ` -p udp -m udp --dport 53 -m comment --comment "metaguard: let DNS to ` + name + ` through" -j RETURN
+-A METAGUARD-FORWARD -d ` + d + ` -p tcp -m tcp --dport 53 -m comment --comment "metaguard: let DNS over TCP to ` + name + ` through" -j RETURN
+-A METAGUARD-FORWARD -d ` + d + ` -p udp -m udp --dport 123 -m comment --comment "metaguard: let NTP to ` + name + ` through" -j RETURN
+-A METAGUARD-FORWARD -d ` + d + ` -m comment --comment "metaguard: drop traffic to ` + name + ` that bypassed the proxy" -j DROP
+`
+}
+
 func TestDesiredRules(t *testing.T) {
 	tests := []struct {
 		name      string
@@ -36,32 +47,24 @@ func TestDesiredRules(t *testing.T) {
 		want      map[family]string
 	}{
 		{
-			name:      "an IPv4 endpoint is DNATed to the host IP and its other traffic is dropped, ICMP aside",
+			name:      "an IPv4 endpoint is DNATed to the host IP and its other traffic is dropped, ICMP, DNS and NTP aside",
 			endpoints: []Endpoint{awsV4},
 			hosts:     []netip.Addr{host4},
-			want: map[family]string{ipv4: `-A METAGUARD-FORWARD -d 169.254.169.254/32 -p icmp -m comment --comment "metaguard: let ICMP to aws through" -j RETURN
--A METAGUARD-FORWARD -d 169.254.169.254/32 -m comment --comment "metaguard: drop traffic to aws that bypassed the proxy" -j DROP
--A METAGUARD-PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect aws to the proxy" -j DNAT --to-destination 10.0.0.10:8181
+			want: map[family]string{ipv4: filterLines("169.254.169.254/32", "aws", "icmp") + `-A METAGUARD-PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect aws to the proxy" -j DNAT --to-destination 10.0.0.10:8181
 `},
 		},
 		{
 			name:      "an IPv6 endpoint gets ip6tables rules with a bracketed DNAT target and ipv6-icmp",
 			endpoints: []Endpoint{awsV6},
 			hosts:     []netip.Addr{host4, host6},
-			want: map[family]string{ipv4: "", ipv6: `-A METAGUARD-FORWARD -d fd00:ec2::254/128 -p ipv6-icmp -m comment --comment "metaguard: let ICMP to aws-v6 through" -j RETURN
--A METAGUARD-FORWARD -d fd00:ec2::254/128 -m comment --comment "metaguard: drop traffic to aws-v6 that bypassed the proxy" -j DROP
--A METAGUARD-PREROUTING -d fd00:ec2::254/128 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect aws-v6 to the proxy" -j DNAT --to-destination [fd00:10::10]:8181
+			want: map[family]string{ipv4: "", ipv6: filterLines("fd00:ec2::254/128", "aws-v6", "ipv6-icmp") + `-A METAGUARD-PREROUTING -d fd00:ec2::254/128 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect aws-v6 to the proxy" -j DNAT --to-destination [fd00:10::10]:8181
 `},
 		},
 		{
 			name:      "endpoints are sorted by address so the policy's order does not churn rules",
 			endpoints: []Endpoint{private, awsV4},
 			hosts:     []netip.Addr{host4},
-			want: map[family]string{ipv4: `-A METAGUARD-FORWARD -d 169.254.169.254/32 -p icmp -m comment --comment "metaguard: let ICMP to aws through" -j RETURN
--A METAGUARD-FORWARD -d 169.254.169.254/32 -m comment --comment "metaguard: drop traffic to aws that bypassed the proxy" -j DROP
--A METAGUARD-FORWARD -d 192.168.100.21/32 -p icmp -m comment --comment "metaguard: let ICMP to private through" -j RETURN
--A METAGUARD-FORWARD -d 192.168.100.21/32 -m comment --comment "metaguard: drop traffic to private that bypassed the proxy" -j DROP
--A METAGUARD-PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect aws to the proxy" -j DNAT --to-destination 10.0.0.10:8181
+			want: map[family]string{ipv4: filterLines("169.254.169.254/32", "aws", "icmp") + filterLines("192.168.100.21/32", "private", "icmp") + `-A METAGUARD-PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect aws to the proxy" -j DNAT --to-destination 10.0.0.10:8181
 -A METAGUARD-PREROUTING -d 192.168.100.21/32 -p tcp -m tcp --dport 32000 -m comment --comment "metaguard: redirect private to the proxy" -j DNAT --to-destination 10.0.0.10:8181
 `},
 		},
@@ -73,28 +76,49 @@ func TestDesiredRules(t *testing.T) {
 				{Name: "wire", Addr: netip.MustParseAddrPort("169.254.169.254:8080")},
 			},
 			hosts: []netip.Addr{host4},
-			want: map[family]string{ipv4: `-A METAGUARD-FORWARD -d 169.254.169.254/32 -p icmp -m comment --comment "metaguard: let ICMP to aws through" -j RETURN
--A METAGUARD-FORWARD -d 169.254.169.254/32 -m comment --comment "metaguard: drop traffic to aws that bypassed the proxy" -j DROP
--A METAGUARD-PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect aws to the proxy" -j DNAT --to-destination 10.0.0.10:8181
+			want: map[family]string{ipv4: filterLines("169.254.169.254/32", "aws", "icmp") + `-A METAGUARD-PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect aws to the proxy" -j DNAT --to-destination 10.0.0.10:8181
 -A METAGUARD-PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 8080 -m comment --comment "metaguard: redirect wire to the proxy" -j DNAT --to-destination 10.0.0.10:8181
+`},
+		},
+		{
+			name:      "the Azure WireServer address keeps serving DNS while its HTTP port is redirected",
+			endpoints: []Endpoint{{Name: "wireserver", Addr: netip.MustParseAddrPort("168.63.129.16:80")}},
+			hosts:     []netip.Addr{host4},
+			want: map[family]string{ipv4: `-A METAGUARD-FORWARD -d 168.63.129.16/32 -p icmp -m comment --comment "metaguard: let ICMP to wireserver through" -j RETURN
+-A METAGUARD-FORWARD -d 168.63.129.16/32 -p udp -m udp --dport 53 -m comment --comment "metaguard: let DNS to wireserver through" -j RETURN
+-A METAGUARD-FORWARD -d 168.63.129.16/32 -p tcp -m tcp --dport 53 -m comment --comment "metaguard: let DNS over TCP to wireserver through" -j RETURN
+-A METAGUARD-FORWARD -d 168.63.129.16/32 -p udp -m udp --dport 123 -m comment --comment "metaguard: let NTP to wireserver through" -j RETURN
+-A METAGUARD-FORWARD -d 168.63.129.16/32 -m comment --comment "metaguard: drop traffic to wireserver that bypassed the proxy" -j DROP
+-A METAGUARD-PREROUTING -d 168.63.129.16/32 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect wireserver to the proxy" -j DNAT --to-destination 10.0.0.10:8181
+`},
+		},
+		{
+			name: "a DNS or NTP port the policy names as an endpoint is not let through: it stays the proxy's",
+			endpoints: []Endpoint{
+				{Name: "odd-dns", Addr: netip.MustParseAddrPort("169.254.169.254:53")},
+				{Name: "gcp", Addr: netip.MustParseAddrPort("169.254.169.254:80")},
+				{Name: "odd-ntp", Addr: netip.MustParseAddrPort("169.254.169.254:123")},
+			},
+			hosts: []netip.Addr{host4},
+			want: map[family]string{ipv4: `-A METAGUARD-FORWARD -d 169.254.169.254/32 -p icmp -m comment --comment "metaguard: let ICMP to odd-dns through" -j RETURN
+-A METAGUARD-FORWARD -d 169.254.169.254/32 -m comment --comment "metaguard: drop traffic to odd-dns that bypassed the proxy" -j DROP
+-A METAGUARD-PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 53 -m comment --comment "metaguard: redirect odd-dns to the proxy" -j DNAT --to-destination 10.0.0.10:8181
+-A METAGUARD-PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect gcp to the proxy" -j DNAT --to-destination 10.0.0.10:8181
+-A METAGUARD-PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 123 -m comment --comment "metaguard: redirect odd-ntp to the proxy" -j DNAT --to-destination 10.0.0.10:8181
 `},
 		},
 		{
 			name:      "a v4-mapped IPv6 endpoint is an IPv4 endpoint",
 			endpoints: []Endpoint{{Name: "mapped", Addr: netip.MustParseAddrPort("[::ffff:100.100.100.200]:80")}},
 			hosts:     []netip.Addr{host4},
-			want: map[family]string{ipv4: `-A METAGUARD-FORWARD -d 100.100.100.200/32 -p icmp -m comment --comment "metaguard: let ICMP to mapped through" -j RETURN
--A METAGUARD-FORWARD -d 100.100.100.200/32 -m comment --comment "metaguard: drop traffic to mapped that bypassed the proxy" -j DROP
--A METAGUARD-PREROUTING -d 100.100.100.200/32 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect mapped to the proxy" -j DNAT --to-destination 10.0.0.10:8181
+			want: map[family]string{ipv4: filterLines("100.100.100.200/32", "mapped", "icmp") + `-A METAGUARD-PREROUTING -d 100.100.100.200/32 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect mapped to the proxy" -j DNAT --to-destination 10.0.0.10:8181
 `},
 		},
 		{
 			name:      "names are reduced to characters that need no quoting in iptables comments",
 			endpoints: []Endpoint{{Name: `evil" -j ACCEPT`, Addr: awsV4.Addr}},
 			hosts:     []netip.Addr{host4},
-			want: map[family]string{ipv4: `-A METAGUARD-FORWARD -d 169.254.169.254/32 -p icmp -m comment --comment "metaguard: let ICMP to evil__-j_ACCEPT through" -j RETURN
--A METAGUARD-FORWARD -d 169.254.169.254/32 -m comment --comment "metaguard: drop traffic to evil__-j_ACCEPT that bypassed the proxy" -j DROP
--A METAGUARD-PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect evil__-j_ACCEPT to the proxy" -j DNAT --to-destination 10.0.0.10:8181
+			want: map[family]string{ipv4: filterLines("169.254.169.254/32", "evil__-j_ACCEPT", "icmp") + `-A METAGUARD-PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect evil__-j_ACCEPT to the proxy" -j DNAT --to-destination 10.0.0.10:8181
 `},
 		},
 		{

@@ -24,15 +24,23 @@ type accepted struct {
 
 type servers struct {
 	proxy chan accepted
-	imds  chan string // lines the IMDS received after its greeting
-	udp   chan string
+	imds  chan string            // lines the IMDS received after its greeting
+	udp   map[string]chan string // datagrams the IMDS received, by port (":53")
 }
+
+// imdsTCPPorts and imdsUDPPorts are where the IMDS stand-in listens: the
+// endpoints' ports, another port, and the DNS and NTP ports clouds serve on
+// their metadata addresses.
+var (
+	imdsTCPPorts = []string{":53", ":80", ":81", ":32000"}
+	imdsUDPPorts = []string{":53", ":80", ":123"}
+)
 
 // startServers runs the proxy stand-in in the node namespace (dual-stack
 // [::]:8181, as the real proxy's ":8181") and the IMDS stand-in in the imds
 // namespace. Each greets with its name, so a client knows where it landed.
 func (topo *topology) startServers(t *testing.T) *servers {
-	s := &servers{proxy: make(chan accepted, 16), imds: make(chan string, 16), udp: make(chan string, 16)}
+	s := &servers{proxy: make(chan accepted, 16), imds: make(chan string, 16), udp: map[string]chan string{}}
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -74,7 +82,7 @@ func (topo *topology) startServers(t *testing.T) *servers {
 		s.proxy <- accepted{remote: c.RemoteAddr().(*net.TCPAddr).AddrPort(), orig: orig, err: err}
 		c.Write([]byte("proxy\n"))
 	})
-	for _, port := range []string{":80", ":81", ":32000"} {
+	for _, port := range imdsTCPPorts {
 		serve(listenIn(t, topo.imds, "tcp", port), func(c net.Conn) {
 			c.Write([]byte("imds\n"))
 			sc := bufio.NewScanner(c)
@@ -83,19 +91,50 @@ func (topo *topology) startServers(t *testing.T) *servers {
 			}
 		})
 	}
-	udp := listenPacketIn(t, topo.imds, "udp", ":80")
-	track(udp)
-	wg.Go(func() {
-		buf := make([]byte, 64)
-		for {
-			n, _, err := udp.ReadFrom(buf)
-			if err != nil {
-				return
+	for _, port := range imdsUDPPorts {
+		udp := listenPacketIn(t, topo.imds, "udp", port)
+		track(udp)
+		ch := make(chan string, 16)
+		s.udp[port] = ch
+		wg.Go(func() {
+			buf := make([]byte, 64)
+			for {
+				n, _, err := udp.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				ch <- string(buf[:n])
 			}
-			s.udp <- string(buf[:n])
-		}
-	})
+		})
+	}
 	return s
+}
+
+// expectUDP sends a datagram from ns to addr and checks that the IMDS
+// listener on port received it.
+func (s *servers) expectUDP(t *testing.T, ns, addr, port, payload string) {
+	t.Helper()
+	sendUDP(t, ns, addr, payload)
+	select {
+	case got := <-s.udp[port]:
+		if got != payload {
+			t.Fatalf("IMDS got UDP %q on %s, want %q", got, port, payload)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatalf("UDP %q from %s to %s never reached the IMDS", payload, ns, addr)
+	}
+}
+
+// expectUDPDropped sends a datagram from ns to addr and checks that the
+// IMDS listener on port received nothing.
+func (s *servers) expectUDPDropped(t *testing.T, ns, addr, port string) {
+	t.Helper()
+	sendUDP(t, ns, addr, "dropped?")
+	select {
+	case got := <-s.udp[port]:
+		t.Fatalf("IMDS received UDP %q from %s to %s", got, ns, addr)
+	case <-time.After(dropWait):
+	}
 }
 
 // dial connects from namespace ns.
