@@ -12,6 +12,12 @@
 // them with what the kernel lists and fixes the difference, so a periodic
 // Sync repairs what another agent's iptables-restore flushed or reordered.
 //
+// An endpoint of a family without a host IP (the IPv6 endpoint of the AWS
+// policy on an IPv4-only node) cannot be DNATed; it gets only its filter
+// rules, so pods cannot reach it directly (fail closed), and a warning. If
+// that family's iptables is unusable altogether (IPv6 disabled in the
+// kernel), the family is skipped with a warning.
+//
 // It must not read policies (cmd converts the policy's endpoints into
 // []Endpoint), must not touch rules or chains it does not own, must not
 // match on interface names (CNIs name them differently and a missed name is a

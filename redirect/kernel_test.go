@@ -261,3 +261,96 @@ func testKernel(t *testing.T, b backend) {
 func repairsOf(r *Reconciler) float64 {
 	return testutil.ToFloat64(r.metrics.repairs)
 }
+
+// TestKernelEndpointWithoutHostIPOfItsFamily is an IPv4-only node (one IPv4
+// host IP) whose policy names an IPv6 endpoint, as the shipped AWS policy
+// does: the IPv6 endpoint cannot be redirected, so pods must not reach it at
+// all.
+func TestKernelEndpointWithoutHostIPOfItsFamily(t *testing.T) {
+	requireKernel(t)
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			t.Parallel()
+			testKernelWithoutIPv6HostIP(t, b)
+		})
+	}
+}
+
+func testKernelWithoutIPv6HostIP(t *testing.T, b backend) {
+	topo := newTopology(t)
+	for _, f := range families {
+		for _, cmd := range foreignKernelRules[f] {
+			topo.inNode(t, binaryName(f, b), splitQuoted(cmd)...)
+		}
+	}
+	before := map[family]string{ipv4: topo.save(t, ipv4, b), ipv6: topo.save(t, ipv6, b)}
+	srv := topo.startServers(t)
+	aws, awsV6 := kernelEndpoints[0], kernelEndpoints[1]
+
+	// Positive control: the pod has IPv6 and reaches the IPv6 endpoint
+	// until metaguard is installed.
+	if got := greeting(t, topo.pod, awsV6.Addr.String()); got != "imds" {
+		t.Fatalf("before install, pod's IPv6 connection reached %q", got)
+	}
+	srv.expectUDP(t, topo.pod, awsV6.Addr.String(), ":80", "before")
+
+	rec, err := New(Config{
+		HostIPs:    []netip.Addr{netip.MustParseAddr(hostIP4)},
+		ListenPort: 8181, Mode: string(b), Logger: discard(), sys: topo.system(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := rec.SetEndpoints(kernelEndpoints); err != nil {
+		t.Fatalf("SetEndpoints with an IPv6 endpoint and no IPv6 host IP: %v", err)
+	}
+	if err := rec.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !rec.Ready() {
+		t.Fatal("not ready after install")
+	}
+	// IPv4 is exactly as on a dual-stack node; IPv6 has the filter chain
+	// and no nat chain.
+	expectGolden(t, topo.save(t, ipv4, b), string(b)+"-ipv4.golden")
+	expectGolden(t, topo.save(t, ipv6, b), string(b)+"-ipv6-without-host-ip.golden")
+
+	t.Run("a pod's IPv6 connection to the IPv6 endpoint times out and never reaches the IMDS", func(t *testing.T) {
+		expectDropped(t, topo.pod, awsV6.Addr.String())
+		srv.expectUDPDropped(t, topo.pod, awsV6.Addr.String(), ":80")
+		select {
+		case acc := <-srv.proxy:
+			t.Errorf("the proxy got a connection from %s", acc.remote)
+		default:
+		}
+	})
+	t.Run("a pod's DNS to the IPv6 endpoint address still reaches the IMDS", func(t *testing.T) {
+		srv.expectUDP(t, topo.pod, "[fd00:ec2::254]:53", ":53", "dns6")
+	})
+	t.Run("the IPv4 endpoint is still redirected to the proxy", func(t *testing.T) {
+		expectProxied(t, topo, srv, aws)
+	})
+	t.Run("a second sync changes nothing", func(t *testing.T) {
+		if err := rec.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		expectGolden(t, topo.save(t, ipv6, b), string(b)+"-ipv6-without-host-ip.golden")
+		if n := repairsOf(rec); n != 0 {
+			t.Errorf("repairs = %v, want 0", n)
+		}
+	})
+	t.Run("cleanup leaves iptables-save of both families exactly as before", func(t *testing.T) {
+		if err := rec.Cleanup(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range families {
+			if got := topo.save(t, f, b); got != before[f] {
+				t.Errorf("%s after cleanup:\n%s\nwant:\n%s", f, got, before[f])
+			}
+		}
+		if got := greeting(t, topo.pod, awsV6.Addr.String()); got != "imds" {
+			t.Errorf("after cleanup pod's IPv6 connection reached %q, want the IMDS", got)
+		}
+	})
+}

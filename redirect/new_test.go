@@ -52,8 +52,10 @@ func TestNewRefusesClearly(t *testing.T) {
 		if _, err := New(Config{HostIPs: []netip.Addr{host4}, ListenPort: 8181, sys: s.system()}); err != nil {
 			t.Fatal(err)
 		}
-		if w := s.tables[backendNFT][ipv4].writes(); len(w) != 0 {
-			t.Errorf("New wrote %q", w)
+		for _, f := range families {
+			if w := s.tables[backendNFT][f].writes(); len(w) != 0 {
+				t.Errorf("New wrote %q to %s", w, f)
+			}
 		}
 	})
 	t.Run("New refuses a Registerer that already has the metrics", func(t *testing.T) {

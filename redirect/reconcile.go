@@ -11,28 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
-
-// Config is what New needs. HostIPs, ListenPort and Mode come from flags.
-type Config struct {
-	// HostIPs are the node's own addresses that pods' metadata connections
-	// are DNATed to, at most one per family. An endpoint of a family with no
-	// host IP is rejected.
-	HostIPs []netip.Addr
-	// ListenPort is the proxy's port on the host IPs.
-	ListenPort uint16
-	// Mode is ModeAuto (or empty), ModeNFT or ModeLegacy.
-	Mode string
-	// Logger receives operational logs; nil discards them.
-	Logger *slog.Logger
-	// Registerer receives the package's metrics; nil leaves them unregistered.
-	Registerer prometheus.Registerer
-
-	// sys replaces the machine in tests; nil means the real one.
-	sys *system
-}
 
 // DefaultSyncPeriod is how often Run checks the kernel when given no period.
 const DefaultSyncPeriod = 10 * time.Second
@@ -48,14 +27,18 @@ type Reconciler struct {
 	port    uint16
 	backend backend
 	runners map[family]runner
+	tables  map[family][]string // the tables usable in each family that has a runner
 	sys     system
 	log     *slog.Logger
 	metrics *metrics
 	kick    chan struct{}
 
-	mu           sync.Mutex // guards endpoints, endpointsSet
+	mu           sync.Mutex // guards endpoints, endpointsSet, warnedEndpoints
 	endpoints    []Endpoint
 	endpointsSet bool
+	// warnedEndpoints holds the (endpoint, reason) pairs already logged, so
+	// a policy reload does not repeat the warning.
+	warnedEndpoints map[string]bool
 
 	syncMu  sync.Mutex // serialises syncs and cleanup; guards the fields below
 	applied string     // key of the rule set the last successful sync left in place
@@ -64,94 +47,15 @@ type Reconciler struct {
 	ready atomic.Bool
 }
 
-// New checks the configuration, picks the iptables back end and checks that
-// its binaries run and the kernel offers the nat and filter tables for every
-// configured family. It changes nothing in the kernel. An error here is meant
-// to stop start-up with a message an operator can act on.
-func New(cfg Config) (*Reconciler, error) {
-	hosts, err := checkHostIPs(cfg.HostIPs)
-	if err != nil {
-		return nil, err
-	}
-	if cfg.ListenPort == 0 {
-		return nil, errors.New("redirect: listen port must not be 0")
-	}
-	sys := hostSystem()
-	if cfg.sys != nil {
-		sys = *cfg.sys
-	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	b, why, err := resolveMode(cfg.Mode, sys)
-	if err != nil {
-		return nil, fmt.Errorf("choosing the iptables back end: %w", err)
-	}
-	r := &Reconciler{
-		hostIPs: hosts,
-		port:    cfg.ListenPort,
-		backend: b,
-		runners: map[family]runner{},
-		sys:     sys,
-		log:     log,
-		kick:    make(chan struct{}, 1),
-	}
-	for _, h := range hosts {
-		f := familyOf(h)
-		run, err := sys.newRunner(f, b)
-		if err != nil {
-			return nil, fmt.Errorf("%s back end: %s is needed for the %s host IP %s: %w", b, binaryName(f, b), f, h, err)
-		}
-		// Reading both tables proves the binary runs, we are allowed to use
-		// it, and the kernel has the tables, before any rule is written.
-		for _, probe := range []struct{ table, chain string }{{tableNAT, "PREROUTING"}, {tableFilter, "FORWARD"}} {
-			if _, err := run.List(probe.table, probe.chain); err != nil {
-				return nil, fmt.Errorf("%s cannot read the %s table (is the kernel's %s netfilter support loaded, and are we root with CAP_NET_ADMIN?): %w", binaryName(f, b), probe.table, f, err)
-			}
-		}
-		r.runners[f] = run
-	}
-	if r.metrics, err = newMetrics(cfg.Registerer); err != nil {
-		return nil, err
-	}
-	log.Info("iptables back end chosen", "backend", string(b), "reason", why)
-	return r, nil
-}
-
-func checkHostIPs(ips []netip.Addr) ([]netip.Addr, error) {
-	seen := map[family]netip.Addr{}
-	var out []netip.Addr
-	for _, ip := range ips {
-		ip = ip.Unmap()
-		switch {
-		case !ip.IsValid():
-			return nil, errors.New("redirect: invalid host IP")
-		case ip.IsLoopback():
-			// DNAT to 127.0.0.1 only works with route_localnet=1, which
-			// exposes every localhost service to the network (CVE-2020-8558).
-			return nil, fmt.Errorf("redirect: host IP %s is a loopback address; use the node's own address", ip)
-		case ip.IsUnspecified() || ip.IsMulticast() || ip.Zone() != "":
-			return nil, fmt.Errorf("redirect: host IP %s is not a unicast node address", ip)
-		}
-		if prev, ok := seen[familyOf(ip)]; ok {
-			return nil, fmt.Errorf("redirect: two %s host IPs (%s, %s): give at most one per family", familyOf(ip), prev, ip)
-		}
-		seen[familyOf(ip)] = ip
-		out = append(out, ip)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("redirect: no host IP: pods' metadata traffic needs a node address to be DNATed to")
-	}
-	return out, nil
-}
-
 // Backend names the iptables back end in use: "nft" or "legacy".
 func (r *Reconciler) Backend() string { return string(r.backend) }
 
 // SetEndpoints replaces the endpoints whose traffic is redirected and asks
-// Run for a sync. Invalid endpoints (such as one of a family without a host
-// IP) are rejected as a whole and the previous endpoints stay in force.
+// Run for a sync. Invalid endpoints (no port, a zone, loopback) are rejected
+// as a whole and the previous endpoints stay in force. An endpoint of a
+// family without a host IP is accepted: it is dropped instead of redirected,
+// or left alone if its family's iptables is unusable, and a warning says so
+// once.
 func (r *Reconciler) SetEndpoints(eps []Endpoint) error {
 	if _, err := desiredRules(eps, r.hostIPs, r.port); err != nil {
 		return fmt.Errorf("redirect: %w", err)
@@ -159,12 +63,36 @@ func (r *Reconciler) SetEndpoints(eps []Endpoint) error {
 	r.mu.Lock()
 	r.endpoints = slices.Clone(eps)
 	r.endpointsSet = true
+	r.warnUnredirected(eps)
 	r.mu.Unlock()
 	select {
 	case r.kick <- struct{}{}:
 	default: // a sync is already pending; it will read the new endpoints
 	}
 	return nil
+}
+
+// warnUnredirected logs, once per endpoint and reason, the endpoints that
+// have no host IP of their family. The caller holds r.mu.
+func (r *Reconciler) warnUnredirected(eps []Endpoint) {
+	for _, ep := range eps {
+		f := familyOf(ep.Addr.Addr().Unmap())
+		if _, ok := hostOf(r.hostIPs, f); ok {
+			continue
+		}
+		reason := "no-host-ip"
+		msg := "endpoint not redirected: no host IP of its family (--host-ip); pods' traffic to it is dropped instead, so they cannot use it"
+		if _, ok := r.runners[f]; !ok {
+			reason = "family-unusable"
+			msg = "endpoint neither redirected nor dropped: no host IP of its family and its iptables is unusable (is the family disabled in the kernel?); pods that can reach it over this family reach the IMDS directly"
+		}
+		key := ep.Name + "\x00" + ep.Addr.String() + "\x00" + reason
+		if r.warnedEndpoints[key] {
+			continue
+		}
+		r.warnedEndpoints[key] = true
+		r.log.Warn(msg, "endpoint", ep.Name, "address", ep.Addr.String(), "family", f.String(), "binary", binaryName(f, r.backend), "reason", reason)
+	}
 }
 
 // Ready reports whether the last sync left the rules for the current
@@ -210,11 +138,13 @@ func (r *Reconciler) sync(ctx context.Context) error {
 	var changes []string
 	var flush []netip.AddrPort
 	for _, f := range families {
-		rs, ok := want[f]
+		run, ok := r.runners[f]
 		if !ok {
-			continue
+			continue // no host IP and unusable: SetEndpoints warned
 		}
-		c, natChanged, err := r.syncFamily(ctx, r.runners[f], rs)
+		// want has no entry for a family without host IP or endpoints: it
+		// must hold none of our chains, whatever an earlier run left.
+		c, natChanged, err := r.syncFamily(ctx, run, r.tables[f], want[f])
 		changes = append(changes, c...)
 		if err != nil {
 			return fmt.Errorf("syncing %s rules (%s): %w", f, r.backend, err)
@@ -237,15 +167,29 @@ func (r *Reconciler) sync(ctx context.Context) error {
 	return nil
 }
 
-// syncFamily brings one family's chains and jumps to rs, or removes them all
-// when rs is empty. natChanged reports whether redirection may have started
-// for connections already under way.
-func (r *Reconciler) syncFamily(ctx context.Context, run runner, rs ruleSet) (changes []string, natChanged bool, err error) {
+// syncFamily brings one family's chains and jumps in tables to rs: a chain
+// with no rules is removed with its jump (the nat chain of a family without
+// host IP), and everything when rs is empty. natChanged reports whether
+// redirection may have started for connections already under way.
+func (r *Reconciler) syncFamily(ctx context.Context, run runner, tables []string, rs ruleSet) (changes []string, natChanged bool, err error) {
 	if rs.empty() {
-		changes, err = removeOwned(ctx, run, []string{tableNAT, tableFilter})
+		changes, err = removeOwned(ctx, run, tables)
 		return changes, false, err
 	}
 	for _, h := range hooks {
+		if !slices.Contains(tables, h.table) {
+			// Only a family without host IP may lack nat, and it has no
+			// nat rules.
+			continue
+		}
+		if len(rs[h.chain]) == 0 {
+			c, err := removeOwned(ctx, run, []string{h.table})
+			changes = append(changes, c...)
+			if err != nil {
+				return changes, false, err
+			}
+			continue
+		}
 		c, err := ensureChain(ctx, run, h.table, h.chain, rs[h.chain])
 		changes = append(changes, c...)
 		if err != nil {
@@ -362,7 +306,7 @@ func (r *Reconciler) Cleanup(ctx context.Context) error {
 		if !ok {
 			continue
 		}
-		changes, err := removeOwned(ctx, run, []string{tableNAT, tableFilter})
+		changes, err := removeOwned(ctx, run, r.tables[f])
 		if len(changes) > 0 {
 			r.log.Info("redirect rules removed", "family", f.String(), "backend", string(r.backend), "changes", changes)
 		}

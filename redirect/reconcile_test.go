@@ -312,22 +312,6 @@ func TestEndpointChangesAreUpdatesNotRepairs(t *testing.T) {
 	}
 }
 
-func TestSetEndpointsRefusesAFamilyWithoutHostIP(t *testing.T) {
-	fx := newFixture(t, host4)
-	fx.setAndSync(t, awsV4)
-	err := fx.rec.SetEndpoints([]Endpoint{awsV4, awsV6})
-	if err == nil || !strings.Contains(err.Error(), "no ipv6 host IP") {
-		t.Fatalf("got %v, want a missing host IP error", err)
-	}
-	fx.v4.resetOps()
-	if err := fx.rec.Sync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if w := fx.v4.writes(); len(w) != 0 {
-		t.Errorf("the refused endpoints changed the kernel: %q", w)
-	}
-}
-
 func TestFailedSyncIsCountedAndNotReady(t *testing.T) {
 	fx := newFixture(t)
 	fx.setAndSync(t, awsV4)

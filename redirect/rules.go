@@ -127,7 +127,7 @@ func desiredRules(endpoints []Endpoint, hostIPs []netip.Addr, port uint16) (map[
 	for _, h := range hostIPs {
 		hosts[familyOf(h)] = h
 	}
-	eps, err := normalizeEndpoints(endpoints, hosts)
+	eps, err := normalizeEndpoints(endpoints)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +196,7 @@ func filterRules(ep Endpoint, named []uint16) [][]string {
 
 // normalizeEndpoints validates, unmaps, sorts and deduplicates endpoints, so
 // that the rule order does not depend on the order of the policy file.
-func normalizeEndpoints(endpoints []Endpoint, hosts map[family]netip.Addr) ([]Endpoint, error) {
+func normalizeEndpoints(endpoints []Endpoint) ([]Endpoint, error) {
 	var eps []Endpoint
 	for _, ep := range endpoints {
 		a := ep.Addr.Addr().Unmap()
@@ -209,9 +209,6 @@ func normalizeEndpoints(endpoints []Endpoint, hosts map[family]netip.Addr) ([]En
 			return nil, fmt.Errorf("endpoint %q: address %s has no port", ep.Name, ep.Addr)
 		case a.IsUnspecified() || a.IsLoopback() || a.IsMulticast():
 			return nil, fmt.Errorf("endpoint %q: %s is not a unicast address pods can be redirected from", ep.Name, a)
-		}
-		if _, ok := hosts[familyOf(a)]; !ok {
-			return nil, fmt.Errorf("endpoint %q (%s) is %s but no %s host IP is configured (--host-ip): its traffic could be neither redirected nor left open", ep.Name, ep.Addr, familyOf(a), familyOf(a))
 		}
 		eps = append(eps, Endpoint{Name: sanitizeName(ep.Name), Addr: netip.AddrPortFrom(a, ep.Addr.Port())})
 	}

@@ -122,6 +122,22 @@ func TestDesiredRules(t *testing.T) {
 `},
 		},
 		{
+			name:      "an IPv6 endpoint without an IPv6 host IP gets its filter rules in ip6tables but no nat rule: dropped, not redirected",
+			endpoints: []Endpoint{awsV4, awsV6},
+			hosts:     []netip.Addr{host4},
+			want: map[family]string{
+				ipv4: filterLines("169.254.169.254/32", "aws", "icmp") + `-A METAGUARD-PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect aws to the proxy" -j DNAT --to-destination 10.0.0.10:8181
+`,
+				ipv6: filterLines("fd00:ec2::254/128", "aws-v6", "ipv6-icmp"),
+			},
+		},
+		{
+			name:      "an IPv4 endpoint with only an IPv6 host IP is dropped in iptables, not redirected",
+			endpoints: []Endpoint{awsV4},
+			hosts:     []netip.Addr{host6},
+			want:      map[family]string{ipv4: filterLines("169.254.169.254/32", "aws", "icmp"), ipv6: ""},
+		},
+		{
 			name:  "a family with a host IP and no endpoints wants no rules at all",
 			hosts: []netip.Addr{host4, host6},
 			want:  map[family]string{ipv4: "", ipv6: ""},
@@ -151,7 +167,6 @@ func TestDesiredRulesRefuses(t *testing.T) {
 		endpoint Endpoint
 		wantErr  string
 	}{
-		{"an IPv6 endpoint without an IPv6 host IP", awsV6, "no ipv6 host IP"},
 		{"an endpoint without a port", Endpoint{Name: "x", Addr: netip.AddrPortFrom(netip.MustParseAddr("169.254.169.254"), 0)}, "no port"},
 		{"an endpoint with a zone", Endpoint{Name: "os", Addr: netip.MustParseAddrPort("[fe80::a9fe:a9fe%eth0]:80")}, "zone"},
 		{"a loopback endpoint", Endpoint{Name: "lo", Addr: netip.MustParseAddrPort("127.0.0.1:80")}, "not a unicast"},
