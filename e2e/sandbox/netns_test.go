@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -152,6 +154,15 @@ func TestSweep(t *testing.T) {
 	orphanDone := make(chan struct{})
 	go func() { _ = orphan.Wait(); close(orphanDone) }()
 	t.Cleanup(func() { _ = orphan.Process.Kill() })
+	// Sweep only once the orphan is inside: before its setns it is not
+	// the namespace's to kill.
+	err = pollUntil(context.Background(), 5*time.Second, 10*time.Millisecond, func() (bool, error) {
+		out, _ := exec.Command("ip", "netns", "identify", strconv.Itoa(orphan.Process.Pid)).Output()
+		return strings.TrimSpace(string(out)) == dead+"-node", nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	sweep(t.Logf)
 

@@ -234,6 +234,27 @@ func (s *Sandbox) ExecInPod(ctx context.Context, pod *Pod, args ...string) ([]by
 	return stdout.Bytes(), nil
 }
 
+// Healthy reports the sandbox's own processes (etcd, kube-apiserver, the
+// metadata services) that have exited: they never should before Close, and
+// a test that saw odd answers wants to know that the mock behind them died.
+// After Close there is nothing to report.
+func (s *Sandbox) Healthy() error {
+	s.mu.Lock()
+	procs := append([]*Process(nil), s.procs...)
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return nil
+	}
+	var errs []error
+	for _, p := range procs {
+		if ok, err := p.Exited(); ok && p.disposable {
+			errs = append(errs, fmt.Errorf("%s exited (%v):\n%s", p.Name, err, p.tail(15)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // stopAll stops every process: the sandbox's infrastructure with SIGKILL,
 // the processes a test started (metaguard) with Stop, so that their
 // shutdown path runs as in production.

@@ -123,6 +123,16 @@ func resolveBinDir(dir string) (string, error) {
 	if dir != "" {
 		return filepath.Abs(dir)
 	}
+	root, err := checkoutRoot()
+	if err != nil {
+		return "", fmt.Errorf("%w (set Options.BinDir)", err)
+	}
+	return filepath.Join(root, "bin"), nil
+}
+
+// checkoutRoot is the top of the metaguard checkout holding the working
+// directory: go test runs in the package's directory, make at the top.
+func checkoutRoot() (string, error) {
 	wd, err := os.Getwd()
 	if err != nil {
 		return "", err
@@ -130,10 +140,10 @@ func resolveBinDir(dir string) (string, error) {
 	for d := wd; ; d = filepath.Dir(d) {
 		if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil &&
 			strings.HasPrefix(string(b), "module metaguard.dev/metaguard\n") {
-			return filepath.Join(d, "bin"), nil
+			return d, nil
 		}
 		if filepath.Dir(d) == d {
-			return "", fmt.Errorf("no metaguard checkout above %s to find bin/ in (set Options.BinDir)", wd)
+			return "", fmt.Errorf("no metaguard checkout above %s", wd)
 		}
 	}
 }

@@ -25,8 +25,8 @@ func StartT(t testing.TB, opts Options) *Sandbox {
 	}
 	ownArtifacts := false
 	if opts.ArtifactDir == "" {
-		if bin, err := resolveBinDir(opts.BinDir); err == nil {
-			root := filepath.Join(filepath.Dir(bin), "e2e", "artifacts")
+		if top, err := checkoutRoot(); err == nil {
+			root := filepath.Join(top, "e2e", "artifacts")
 			if err := os.MkdirAll(root, 0o755); err == nil {
 				dir, err := os.MkdirTemp(root, testDirName(t.Name())+"-")
 				if err == nil {
@@ -43,6 +43,9 @@ func StartT(t testing.TB, opts Options) *Sandbox {
 		t.Fatalf("starting sandbox: %v", err)
 	}
 	t.Cleanup(func() {
+		if err := s.Healthy(); err != nil {
+			t.Errorf("the sandbox broke during the test: %v", err)
+		}
 		failed := t.Failed()
 		if failed {
 			s.logTails(t)

@@ -1,5 +1,5 @@
 #!/bin/sh
-# build.sh NAME PACKAGE: build one pinned e2e tool into bin/NAME.
+# build.sh NAME PACKAGE [LDFLAGS]: build one pinned e2e tool into bin/NAME.
 #
 # Each tool is its own Go module under e2e/tools/NAME, so its (large)
 # dependency graph never touches metaguard's go.mod. The binary is rebuilt
@@ -15,13 +15,14 @@ set -eu
 
 name=$1
 pkg=$2
+ldflags=${3:-}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 dir=$root/e2e/tools/$name
 bin=$root/bin
 stamp=$bin/.$name.stamp
 
 want=$(cd "$dir" && cat go.mod go.sum *.go | sha256sum | cut -d' ' -f1)
-want="$want $pkg"
+want="$want $pkg${ldflags:+ $ldflags}"
 
 if [ -x "$bin/$name" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 	exit 0
@@ -30,6 +31,6 @@ fi
 echo "building bin/$name as pinned in e2e/tools/$name/go.mod (minutes on a cold Go cache)" >&2
 mkdir -p "$bin"
 # -buildvcs=false: the tool's VCS state is the pin in go.mod, not metaguard's checkout.
-(cd "$dir" && go build -buildvcs=false -o "$bin/$name.tmp" "$pkg")
+(cd "$dir" && go build -buildvcs=false -ldflags="$ldflags" -o "$bin/$name.tmp" "$pkg")
 mv -f "$bin/$name.tmp" "$bin/$name"
 printf '%s\n' "$want" >"$stamp"

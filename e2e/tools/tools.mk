@@ -15,8 +15,13 @@ e2e-tools: $(E2E_TOOLS)
 bin/etcd: e2e-tools-force
 	@$(E2E_TOOLS_DIR)build.sh etcd metaguard.dev/tools/etcd
 
+# Built with plain go build, kube-apiserver would report v0.0.0-master on
+# /version; stamp the pinned version as Kubernetes' own build does.
+KUBE_APISERVER_VERSION := $(shell awk '$$1=="require" && $$2=="k8s.io/kubernetes" {print $$3}' $(E2E_TOOLS_DIR)kube-apiserver/go.mod)
+KUBE_APISERVER_LDFLAGS := $(foreach kv,gitVersion=$(KUBE_APISERVER_VERSION) gitMajor=$(word 1,$(subst ., ,$(KUBE_APISERVER_VERSION:v%=%))) gitMinor=$(word 2,$(subst ., ,$(KUBE_APISERVER_VERSION))) gitTreeState=clean,-X k8s.io/component-base/version.$(kv))
+
 bin/kube-apiserver: e2e-tools-force
-	@$(E2E_TOOLS_DIR)build.sh kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+	@$(E2E_TOOLS_DIR)build.sh kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$(KUBE_APISERVER_LDFLAGS)"
 
 bin/ec2-metadata-mock: e2e-tools-force
 	@$(E2E_TOOLS_DIR)build.sh ec2-metadata-mock github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock
