@@ -178,7 +178,9 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet) {
 		t.Errorf("command %q args %q, want the image's entrypoint with args starting %q", c.Command, c.Args, wantArgs)
 	}
 	checkEnvField(t, c, "NODE_NAME", "spec.nodeName")
-	checkEnvField(t, c, "HOST_IP", "status.hostIP")
+	// status.hostIPs, not status.hostIP: one IP per family, so a dual-stack
+	// node's IPv6 endpoints are redirected, not only dropped.
+	checkEnvField(t, c, "HOST_IP", "status.hostIPs")
 
 	wantPorts := []corev1.ContainerPort{
 		{Name: "proxy", ContainerPort: 8181, Protocol: corev1.ProtocolTCP},
