@@ -161,8 +161,9 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("setting up redirect rules: %w", err)
 		}
 		store.OnChange(func(p *policy.Policy) error {
-			// An endpoint the kernel cannot redirect (an IPv6 one without an
-			// IPv6 --host-ip) would be reachable directly: refuse the policy.
+			// The kernel must follow the policy's endpoints; if it cannot
+			// take them (an invalid address), the policy is refused rather
+			// than have the proxy and the kernel disagree.
 			return rec.SetEndpoints(redirectEndpoints(p))
 		})
 	}
