@@ -23,13 +23,14 @@
 // also after a failure. Leftovers of a run that was killed are swept by the
 // next Start.
 //
-// Public surface: Start, StartT, CheckPrerequisites, Options, Sandbox
-// (Close, AdminClient, AdminConfig, Apply, ApplyManifests,
+// Public surface: Start, StartT, CheckPrerequisites, Sweep, Options, Sandbox
+// (Close, AdminClient, AdminConfig, AdminKubeconfig, Apply, ApplyManifests,
 // ServiceAccountKubeconfig, EnsureNamespace, AddPod, DeletePod,
-// SetPodLabels, SetPodPhase, ExecInPod, StartProcess, StartMetaguard,
-// NodeHTTPClient, PodHTTPClient, CloudRecords, ResetCloudRecords,
-// SetGCPValue), Pod, PodSpec, Process, NetnsDialer and the addresses of
-// the topology.
+// SetPodLabels, SetPodPhase, ExecInPod, PodClient, StartProcess,
+// StartMetaguard, WaitReady, NodeHTTPClient, PodHTTPClient, CloudRecords,
+// ResetCloudRecords, SetGCPValue, Healthy, NodeNetns, CloudNetns,
+// ArtifactDir, BinDir), Pod, PodSpec, PodClientResult, Process,
+// NetnsDialer and the addresses of the topology.
 //
 // It must not touch the root network namespace, must not reach anything
 // outside the namespaces it made, and must not know metaguard's internals:

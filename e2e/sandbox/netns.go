@@ -47,6 +47,9 @@ func NetnsDialer(netns string) func(ctx context.Context, network, addr string) (
 // fn must not start goroutines that open sockets: they would run on other
 // threads, in the root namespace.
 func inNetns(netns string, fn func() error) error {
+	if netns == "" || strings.Contains(netns, "/") {
+		return fmt.Errorf("no network namespace named %q (an API-only pod has none)", netns)
+	}
 	target, err := os.Open(filepath.Join(netnsDir, netns))
 	if err != nil {
 		return fmt.Errorf("opening network namespace %s: %w", netns, err)

@@ -164,7 +164,7 @@ func TestSweep(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	sweep(t.Logf)
+	Sweep(t.Logf)
 
 	t.Run("the namespaces of a dead run are deleted", func(t *testing.T) {
 		for _, n := range []string{dead + "-node", dead + "-p2"} {

@@ -170,7 +170,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 			}
 		}
 	}()
-	sweep(s.logf)
+	Sweep(s.logf)
 
 	if s.dir, err = os.MkdirTemp("", "metaguard-e2e-"+s.Prefix+"-"); err != nil {
 		return nil, fmt.Errorf("creating run directory: %w", err)
@@ -241,9 +241,11 @@ func (s *Sandbox) claimPrefix() error {
 	return errors.New("no free run name after 20 tries")
 }
 
-// sweep removes the namespaces of runs whose process is gone (killed
-// before Close could run), with anything still running in them.
-func sweep(logf func(string, ...any)) {
+// Sweep removes what runs whose process is gone (killed before Close could
+// run) left behind: their namespaces, anything still running in them, and
+// their temporary directories. Live runs, in this process or another, are
+// left alone. Start calls it; a Makefile may too, after the tests.
+func Sweep(logf func(string, ...any)) {
 	names, err := listNetns()
 	if err != nil {
 		logf("sweep: %v", err)

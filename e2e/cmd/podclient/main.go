@@ -1,25 +1,3 @@
-// Command podclient is the workload of the e2e sandbox: it runs inside a
-// pod's network namespace and talks to the instance metadata service the
-// way real workloads do, through the AWS SDK for Go v2 IMDS client
-// (IMDSv2 token first, IMDSv1 fallback unless -no-fallback, the SDK's own
-// retries and headers). It prints one JSON object so a test can assert on
-// what the workload saw:
-//
-//	{"ok":true,"body":"i-0123..."}
-//	{"ok":false,"status":403,"error":"..."}
-//
-// Subcommands:
-//
-//	aws-get PATH        GetMetadata (PATH relative to /latest/meta-data/)
-//	aws-dynamic PATH    GetDynamicData
-//	aws-userdata        GetUserData
-//	aws-region          GetRegion
-//	aws-creds           the credentials of the instance role, read the way
-//	                    the SDK's ec2rolecreds provider does (list the role,
-//	                    then fetch it); keys in the output, secrets not
-//
-// It exits 0 whenever it printed a result, also a failed one, and 2 on a
-// usage error.
 package main
 
 import (
@@ -48,14 +26,14 @@ type result struct {
 	AccessKeyID string `json:"access_key_id,omitempty"`
 }
 
-func main() { os.Exit(run()) }
+func main() { os.Exit(run(os.Args[1:], os.Stdout)) }
 
-func run() int {
+func run(argv []string, stdout io.Writer) int {
 	fs := flag.NewFlagSet("podclient", flag.ContinueOnError)
 	endpoint := fs.String("endpoint", "", "IMDS endpoint URL (default: the SDK's, http://169.254.169.254)")
 	noFallback := fs.Bool("no-fallback", false, "fail instead of falling back to IMDSv1 when no token can be had")
 	timeout := fs.Duration("timeout", 10*time.Second, "overall deadline")
-	if err := fs.Parse(os.Args[1:]); err != nil || fs.NArg() == 0 {
+	if err := fs.Parse(argv); err != nil || fs.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "usage: podclient [-endpoint URL] [-no-fallback] aws-get PATH | aws-dynamic PATH | aws-userdata | aws-region | aws-creds")
 		return 2
 	}
@@ -99,7 +77,7 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "podclient: unknown command %q\n", strings.Join(args, " "))
 		return 2
 	}
-	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
+	if err := json.NewEncoder(stdout).Encode(res); err != nil {
 		return 1
 	}
 	return 0
