@@ -122,8 +122,14 @@ func (s *Sandbox) startControlPlane(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("waiting for kube-apiserver /readyz: %w\n%s", err, apiserver.tail(20))
 	}
+	s.apiserver = apiserver
 	return nil
 }
+
+// APIServerProcess is the running kube-apiserver. A test of an API outage
+// can SIGSTOP it (connections hang, as to a partitioned control plane) and
+// SIGCONT it again; Healthy counts only an exit as breakage.
+func (s *Sandbox) APIServerProcess() *Process { return s.apiserver }
 
 // pollUntil calls cond every interval until it returns true or an error,
 // or until timeout or ctx ends.

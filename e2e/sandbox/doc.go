@@ -26,10 +26,10 @@
 // Public surface: Start, StartT, CheckPrerequisites, Sweep, Options, Sandbox
 // (Close, AdminClient, AdminConfig, AdminKubeconfig, Apply, ApplyManifests,
 // ServiceAccountKubeconfig, EnsureNamespace, AddPod, DeletePod,
-// SetPodLabels, SetPodPhase, ExecInPod, PodClient, StartProcess,
+// SetPodLabels, SetPodPhase, ExecInPod, ExecInNode, PodClient, StartProcess,
 // StartMetaguard, WaitReady, NodeHTTPClient, PodHTTPClient, CloudRecords,
 // ResetCloudRecords, SetGCPValue, Healthy, NodeNetns, CloudNetns,
-// ArtifactDir, BinDir), Pod, PodSpec, PodClientResult, Process,
+// ArtifactDir, BinDir, APIServerProcess), Pod, PodSpec, PodClientResult, Process,
 // NetnsDialer and the addresses of the topology.
 //
 // It must not touch the root network namespace, must not reach anything

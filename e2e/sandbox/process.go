@@ -217,19 +217,28 @@ func (p *Process) tail(n int) string {
 // hostNetwork pods), waits for it and returns its stdout. A non-zero exit
 // is an error that carries stderr.
 func (s *Sandbox) ExecInPod(ctx context.Context, pod *Pod, args ...string) ([]byte, error) {
+	if pod.Netns == "" {
+		return nil, fmt.Errorf("pod %s has no network namespace on this node", pod)
+	}
+	return execIn(ctx, pod.Netns, args...)
+}
+
+// ExecInNode runs a command in the node's network namespace, for instance
+// iptables-save or conntrack -L, and returns its stdout.
+func (s *Sandbox) ExecInNode(ctx context.Context, args ...string) ([]byte, error) {
+	return execIn(ctx, s.nodeNetns(), args...)
+}
+
+func execIn(ctx context.Context, netns string, args ...string) ([]byte, error) {
 	if len(args) == 0 {
 		return nil, errors.New("no command")
-	}
-	netns := pod.Netns
-	if netns == "" {
-		return nil, fmt.Errorf("pod %s has no network namespace on this node", pod)
 	}
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", netns}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Run(); err != nil {
-		return stdout.Bytes(), fmt.Errorf("running %s in pod %s: %w: %s", args[0], pod, err, strings.TrimSpace(stderr.String()))
+		return stdout.Bytes(), fmt.Errorf("running %s in %s: %w: %s", args[0], netns, err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.Bytes(), nil
 }

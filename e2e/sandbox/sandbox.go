@@ -74,6 +74,7 @@ type Sandbox struct {
 	admin           *rest.Config
 	client          kubernetes.Interface
 	adminKubeconfig string
+	apiserver       *Process
 
 	mu      sync.Mutex
 	closed  bool

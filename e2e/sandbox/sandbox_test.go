@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -26,6 +28,7 @@ func TestSandbox(t *testing.T) {
 	if err := CheckPrerequisites(Options{}); err != nil {
 		t.Skipf("the sandbox cannot run here: %v", err)
 	}
+	rootBefore := rootNamespaceState(t)
 	begin := time.Now()
 	s := StartT(t, Options{})
 	t.Logf("sandbox started in %v", time.Since(begin).Round(time.Millisecond))
@@ -184,7 +187,53 @@ func TestSandbox(t *testing.T) {
 			t.Errorf("run directory %s survived Close", s.dir)
 		}
 	})
+
+	t.Run("the root namespace gained no interface, rule or forwarding", func(t *testing.T) {
+		after := rootNamespaceState(t)
+		for what, lines := range after {
+			for _, l := range lines {
+				if !slices.Contains(rootBefore[what], l) {
+					t.Errorf("%s gained %q", what, l)
+				}
+			}
+		}
+	})
 }
+
+// rootNamespaceState is what the sandbox must never add to: the machine's
+// interfaces, iptables rules and forwarding switches. Only additions are
+// checked, so that something else on the machine removing a rule meanwhile
+// does not fail the test.
+func rootNamespaceState(t *testing.T) map[string][]string {
+	t.Helper()
+	state := map[string][]string{}
+	run := func(what string, name string, args ...string) {
+		out, err := exec.Command(name, args...).Output()
+		if err != nil {
+			t.Logf("%s: %v (not compared)", what, err)
+			return
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(l, "#") {
+				continue
+			}
+			// Chain counters change with traffic; the rules do not.
+			state[what] = append(state[what], counters.ReplaceAllString(l, ""))
+		}
+	}
+	run("links", "sh", "-c", "ip -o link show | cut -d: -f2")
+	run("iptables", "iptables-save")
+	run("ip6tables", "ip6tables-save")
+	for _, k := range []string{"ipv4/ip_forward", "ipv6/conf/all/forwarding"} {
+		b, err := os.ReadFile("/proc/sys/net/" + k)
+		if err == nil {
+			state[k] = []string{strings.TrimSpace(string(b))}
+		}
+	}
+	return state
+}
+
+var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 
 func serviceAccountClient(ctx context.Context, t *testing.T, s *Sandbox, ns, name string) kubernetes.Interface {
 	t.Helper()
