@@ -1,0 +1,140 @@
+package suggest
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func gzipped(t *testing.T, data []byte) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	if _, err := zw.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func TestReadLogInputs(t *testing.T) {
+	in := mustParse(t, awsConfig)
+	log := logOf(t, in, awsCalls())
+	_, plain, _ := suggestFrom(t, awsConfig, labelBy("app"), log)
+
+	half := bytes.Index(log[len(log)/2:], []byte("\n")) + len(log)/2 + 1
+	// Rotated logs come gzipped; a gzip file may hold several members
+	// (logrotate's delaycompress, cat a.gz b.gz).
+	members := append(gzipped(t, log[:half]), gzipped(t, log[half:])...)
+	reversed := reverseLines(log)
+
+	tests := []struct {
+		name string
+		logs [][]byte
+	}{
+		{"a gzip log gives the same policy as the plain log", [][]byte{gzipped(t, log)}},
+		{"a gzip log of several members reads every member", [][]byte{members}},
+		{"a log split over several files gives the same policy", [][]byte{log[:half], log[half:]}},
+		{"a mix of gzip and plain files gives the same policy", [][]byte{gzipped(t, log[half:]), log[:half]}},
+		{"the order of the lines does not change the policy", [][]byte{reversed}},
+		{"windows line ends and blank lines are ignored", [][]byte{[]byte("\r\n\n" + strings.ReplaceAll(string(log), "\n", "\r\n\n"))}},
+		{"a last line without a newline is read", [][]byte{bytes.TrimSuffix(log, []byte("\n"))}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, got, _ := suggestFrom(t, awsConfig, labelBy("app"), tt.logs...)
+			if !bytes.Equal(got.YAML, plain.YAML) {
+				t.Errorf("policy differs from the plain log's:\n%s\nwant:\n%s", got.YAML, plain.YAML)
+			}
+			if st := s.Stats(); st.Malformed != 0 || st.Lines != int64(len(awsCalls())) {
+				t.Errorf("stats %+v, want %d lines and none malformed", st, len(awsCalls()))
+			}
+		})
+	}
+}
+
+func reverseLines(b []byte) []byte {
+	lines := bytes.Split(bytes.TrimSuffix(b, []byte("\n")), []byte("\n"))
+	for i, j := 0, len(lines)-1; i < j; i, j = i+1, j-1 {
+		lines[i], lines[j] = lines[j], lines[i]
+	}
+	return append(bytes.Join(lines, []byte("\n")), '\n')
+}
+
+func TestReadLogCountsWhatItSkips(t *testing.T) {
+	in := mustParse(t, awsConfig)
+	good := logOf(t, in, gets(web1, "aws", "/latest/meta-data/instance-id"))
+	long := `{"decision":"allow","path":"/` + strings.Repeat("a", maxLine) + `"}`
+	tests := []struct {
+		name  string
+		lines string
+		want  Stats
+		first string
+	}{
+		{"a line that is not JSON is malformed", "this is not json\n", Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, "log0:1: not a JSON object"},
+		{"an operational log line is not an audit record", `{"level":"INFO","msg":"policy loaded"}` + "\n", Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, "no decision field"},
+		{"a line longer than the limit is skipped whole", long + "\n", Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, "longer than"},
+		{"an unknown decision is malformed", `{"decision":"maybe"}` + "\n", Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, `unknown decision "maybe"`},
+		{"a non-canonical path is malformed", `{"decision":"allow","namespace":"shop","service_account":"web","endpoint":"aws","method":"GET","path":"/latest/../x"}` + "\n",
+			Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, "dot segment"},
+		{"a method the endpoint never serves is malformed", `{"decision":"allow","namespace":"shop","service_account":"web","endpoint":"aws","method":"DELETE","path":"/x"}` + "\n",
+			Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, `method "DELETE"`},
+		{"a pod without a service account cannot be grouped", `{"decision":"allow","namespace":"shop","endpoint":"aws","method":"GET","path":"/x"}` + "\n",
+			Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, "no service_account"},
+		{"deny lines are counted, not used", `{"decision":"deny","reason":"not-allowed-by-rules","namespace":"shop","service_account":"web","endpoint":"aws","method":"GET","path":"/x"}` + "\n",
+			Stats{Lines: 2, Used: 1, Denied: 1, Groups: 1}, ""},
+		{"forwarded lines of unknown pods are counted, not used", `{"decision":"audit-deny","reason":"unknown-pod","endpoint":"aws","method":"GET","path":"/x"}` + "\n",
+			Stats{Lines: 2, Used: 1, Unidentified: 1, Groups: 1}, ""},
+		{"lines of an endpoint the policy lacks are counted, not used", `{"decision":"allow","namespace":"shop","service_account":"web","endpoint":"gone","method":"GET","path":"/x"}` + "\n",
+			Stats{Lines: 2, Used: 1, UnknownEndpoint: 1, Groups: 1}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, input := range map[string][]byte{"plain": []byte(tt.lines + string(good)), "gzip": gzipped(t, []byte(tt.lines+string(good)))} {
+				s, _, _ := suggestFrom(t, awsConfig, labelBy("app"), input)
+				st := s.Stats()
+				first := st.FirstMalformed
+				st.FirstMalformed = ""
+				if st != tt.want {
+					t.Errorf("stats %+v, want %+v", st, tt.want)
+				}
+				if !strings.Contains(first, tt.first) || (tt.first == "") != (first == "") {
+					t.Errorf("first malformed %q, want it to say %q", first, tt.first)
+				}
+			}
+		})
+	}
+}
+
+func TestReadLogErrors(t *testing.T) {
+	in := mustParse(t, awsConfig)
+	log := logOf(t, in, awsCalls())
+	z := gzipped(t, log)
+	t.Run("a truncated gzip log is an error naming the file", func(t *testing.T) {
+		s, err := New("config.yaml", []byte(awsConfig), labelBy("app"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = s.ReadLog(context.Background(), "audit.log.1.gz", bytes.NewReader(z[:len(z)/2]))
+		if err == nil || !strings.Contains(err.Error(), "audit.log.1.gz") {
+			t.Errorf("got %v, want an error naming the file", err)
+		}
+	})
+	t.Run("a cancelled context stops a long read", func(t *testing.T) {
+		s, err := New("config.yaml", []byte(awsConfig), labelBy("app"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		err = s.ReadLog(ctx, "big", bytes.NewReader(bytes.Repeat(log, 200)))
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("got %v, want context.Canceled", err)
+		}
+	})
+}
