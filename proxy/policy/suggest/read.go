@@ -93,7 +93,7 @@ func (s *Suggester) ReadLog(ctx context.Context, name string, r io.Reader) error
 	for lineNo := 1; ; lineNo++ {
 		if lineNo%4096 == 0 {
 			if err := ctx.Err(); err != nil {
-				return err
+				return fmt.Errorf("reading %s: %w", name, err)
 			}
 		}
 		line, tooLong, err := s.readLine(br)
