@@ -38,6 +38,8 @@ Usage:
   metaguard validate --config F  check a policy file
   metaguard explain [flags] METHOD PATH
                                  show the decision for one request, and why
+  metaguard suggest --audit-log F [flags]
+                                 print a policy allowing what the audit log shows pods use
   metaguard cleanup              remove every rule and chain metaguard owns
   metaguard version
 
@@ -60,6 +62,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runValidate(rest, stdout, stderr)
 	case "explain":
 		err = runExplain(ctx, rest, stdout, stderr)
+	case "suggest":
+		err = runSuggest(ctx, rest, stdout, stderr)
 	case "cleanup":
 		err = runCleanup(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
