@@ -89,7 +89,7 @@ func readAuditLog(ctx context.Context, s *suggest.Suggester, name string) error 
 
 // summarize tells the operator what the suggestion is made of, and what
 // was left out and why, so a surprising policy can be traced to the log.
-func summarize(w io.Writer, st suggest.Stats, sug suggest.Suggestion, logs int) {
+func summarize(out io.Writer, st suggest.Stats, sug suggest.Suggestion, logs int) {
 	skipped := []string{}
 	for _, c := range []struct {
 		n    int64
@@ -108,14 +108,17 @@ func summarize(w io.Writer, st suggest.Stats, sug suggest.Suggestion, logs int) 
 	if len(skipped) > 0 {
 		line += "; skipped " + strings.Join(skipped, ", ")
 	}
-	fmt.Fprintln(w, line)
+	fmt.Fprintln(out, line)
 	if st.FirstMalformed != "" {
-		fmt.Fprintf(w, "metaguard suggest: first malformed line: %s\n", st.FirstMalformed)
+		fmt.Fprintf(out, "metaguard suggest: first malformed line: %s\n", st.FirstMalformed)
 	}
-	fmt.Fprintf(w, "metaguard suggest: %s, %s, %d with credentials: allow\n",
+	fmt.Fprintf(out, "metaguard suggest: %s, %s, %d with credentials: allow\n",
 		count(int64(st.Groups), "pod group"), count(int64(sug.Rules), "rule"), sug.CredentialRules)
+	for _, warning := range sug.Warnings {
+		fmt.Fprintf(out, "metaguard suggest: review: %s\n", warning)
+	}
 	if st.Used == 0 {
-		fmt.Fprintln(w, "metaguard suggest: no request of an identified pod was used: the suggested policy denies everything")
+		fmt.Fprintln(out, "metaguard suggest: no request of an identified pod was used: the suggested policy denies everything")
 	}
 }
 

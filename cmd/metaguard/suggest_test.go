@@ -34,6 +34,15 @@ func TestSuggestCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	azure := filepath.Join(dir, "azure.yaml")
+	azureLog := filepath.Join(dir, "azure.log")
+	if err := os.WriteFile(azure, []byte("apiVersion: metaguard.dev/v1alpha1\nkind: Policy\nmode: audit\nendpoints: [{name: azure, address: \"169.254.169.254:80\", flavor: azure}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(azureLog, []byte(`{"pod":"b-1","namespace":"pay","service_account":"b","labels":{"app":"billing"},"endpoint":"azure","method":"GET","path":"/metadata/identity/oauth2/token","query_keys":["api-version","client_id","resource"],"decision":"audit-deny","reason":"no-rule-selects-pod"}`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
 	tests := []struct {
 		name   string
 		args   []string
@@ -41,6 +50,9 @@ func TestSuggestCommand(t *testing.T) {
 		stdout []string
 		stderr []string
 	}{
+		{"suggest asks for review of a token chosen by query", []string{"suggest", "--config", azure, azureLog},
+			exitOK, []string{"name: pay-billing-credentials"},
+			[]string{"review: rule pay-billing-credentials: /metadata/identity/oauth2/token chooses an identity by client_id; pin it with query: before enforcing"}},
 		{"suggest prints a policy and a summary", []string{"suggest", "--config", designPolicy, "--audit-log", plain},
 			exitOK, []string{"mode: enforce", "name: shop-web", "/latest/api/token", "name: ops-sa-agent-credentials", "credentials: allow"},
 			[]string{"read 5 lines from 1 audit log: 3 used; skipped 1 denied (never suggested), 1 malformed\n",

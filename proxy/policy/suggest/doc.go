@@ -10,8 +10,10 @@
 // literally, in a rule of their own that says credentials: allow, and a
 // pattern is only made where nothing below it can be a credential path of
 // the endpoint. It knows the policy semantics only through package policy
-// (Parse, IsCredential, Explain) and checks its own output with Parse.
+// (Parse, IsCredential, Explain, Decide) and checks its own output with
+// Parse; it must not re-implement path matching or the credential class.
 //
 // Public surface: New, Suggester (ReadLog, Stats, Policy), Options,
-// GroupBy, ParseGroupBy, Stats, Suggestion.
+// GroupBy (String), GroupKind (ByLabel, ByServiceAccount, ByNamespace),
+// ParseGroupBy, DefaultCollapseThreshold, Stats, Suggestion.
 package suggest

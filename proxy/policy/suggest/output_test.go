@@ -152,3 +152,51 @@ func TestOptions(t *testing.T) {
 		})
 	}
 }
+
+func TestIdentityPins(t *testing.T) {
+	const unpinnedConfig = `apiVersion: metaguard.dev/v1alpha1
+kind: Policy
+mode: audit
+endpoints: [{name: azure, address: "169.254.169.254:80", flavor: azure}]
+rules:
+  - name: other-path
+    allow: [{paths: ["/metadata/identity/other"], query: {client_id: ["x"]}}]
+`
+	token := func(keys ...string) call {
+		return call{pod: billing, endpoint: "azure", method: "GET", path: "/metadata/identity/oauth2/token", queryKeys: keys}
+	}
+	tests := []struct {
+		name    string
+		config  string
+		calls   []call
+		has     []string
+		warning bool
+	}{
+		{"a token chosen by client_id quotes the pin of the policy in force", azureConfig, []call{token("api-version", "client_id", "resource")},
+			[]string{"chooses a managed identity by client_id", `The policy in force pins it in rule billing-identity: query: {client_id: ["00000000-0000-0000-0000-000000000001"]}`}, true},
+		{"a pin on another path is not quoted", unpinnedConfig, []call{token("api-version", "msi_res_id", "resource")},
+			[]string{"chooses a managed identity by msi_res_id"}, true},
+		{"a token of the only identity needs no pin", azureConfig, []call{token("api-version", "resource")},
+			[]string{"GET /metadata/identity/oauth2/token (query keys: api-version, resource)"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, sug, _ := suggestFrom(t, tt.config, labelBy("app"), logOf(t, mustParse(t, tt.config), tt.calls))
+			for _, s := range tt.has {
+				if !bytes.Contains(sug.YAML, []byte(s)) {
+					t.Errorf("output lacks %q:\n%s", s, sug.YAML)
+				}
+			}
+			if bytes.Contains(sug.YAML, []byte("pins it in rule other-path")) {
+				t.Errorf("quotes a pin of another path:\n%s", sug.YAML)
+			}
+			want := 0
+			if tt.warning {
+				want = 1
+			}
+			if len(sug.Warnings) != want || (want == 1 && !strings.Contains(sug.Warnings[0], "rule payments-billing-credentials: /metadata/identity/oauth2/token chooses an identity by")) {
+				t.Errorf("warnings %q, want %d naming the rule", sug.Warnings, want)
+			}
+		})
+	}
+}

@@ -17,7 +17,10 @@ type ruleOut struct {
 	credentials bool
 	entries     []entry
 	notes       []string // what the credential rule reads, for the reviewer
-	name        string
+	// unpinned are credential paths whose identity was chosen by query
+	// values the log does not hold: the reviewer must pin them.
+	unpinned []string
+	name     string
 }
 
 // entry is one allow entry: a method set and the patterns it allows.
@@ -25,11 +28,6 @@ type entry struct {
 	methods []string // nil: the default, GET and HEAD
 	paths   []covered
 }
-
-// identityQueryKeys pick which Azure managed identity a token is for. The
-// audit log never holds query values, so the suggestion cannot pin them;
-// it asks the reviewer to.
-var identityQueryKeys = []string{"client_id", "object_id", "msi_res_id", "mi_res_id"}
 
 // rules turns what each group used into rules, in a stable order: groups
 // sorted by namespace, kind and value; for each, its rule without
@@ -118,7 +116,6 @@ func (s *Suggester) endpointRules(g *group, ep *policy.Endpoint, paths map[strin
 	sortCovered(credPuts)
 	sort.Strings(credPaths)
 	creds = &ruleOut{group: g, endpoints: eps, credentials: true, entries: entries(credReads, credPuts)}
-	var pin []string
 	for _, path := range credPaths {
 		u := paths[path]
 		line := "  " + methodNames(u.methods) + " " + path
@@ -126,17 +123,22 @@ func (s *Suggester) endpointRules(g *group, ep *policy.Endpoint, paths map[strin
 			line += " (query keys: " + strings.Join(sortedKeys(u.queryKeys), ", ") + ")"
 		}
 		creds.notes = append(creds.notes, line)
+		var keys []string
 		for _, k := range identityQueryKeys {
 			if u.queryKeys[k] {
-				pin = append(pin, fmt.Sprintf("%s with %s", path, k))
+				keys = append(keys, k)
 			}
 		}
-	}
-	if len(pin) > 0 {
+		if len(keys) == 0 {
+			continue
+		}
+		creds.unpinned = append(creds.unpinned, fmt.Sprintf("%s chooses an identity by %s", path, strings.Join(keys, ", ")))
 		creds.notes = append(creds.notes,
-			"It chose a managed identity by query ("+strings.Join(pin, "; ")+"),",
-			"and the audit log holds no query values: pin the identity this workload",
-			`should have with query: {client_id: ["<id>"]} in the allow entry.`)
+			"    It chooses a managed identity by "+strings.Join(keys, ", ")+", and the audit log holds no",
+			"    query values: pin the identity this workload should have with a query: entry.")
+		for _, p := range s.pinsFor(ep, path) {
+			creds.notes = append(creds.notes, "    The policy in force pins it in "+p)
+		}
 	}
 	return plain, creds
 }
@@ -191,7 +193,7 @@ func merge(rules []*ruleOut) []*ruleOut {
 	var out []*ruleOut
 	seen := map[string]*ruleOut{}
 	for _, r := range rules {
-		fp := fmt.Sprint(r.entries, r.notes)
+		fp := fmt.Sprint(r.entries, r.notes, r.unpinned)
 		if prev := seen[fp]; prev != nil && r.endpoints != nil {
 			prev.endpoints = append(prev.endpoints, r.endpoints...)
 			continue

@@ -89,6 +89,7 @@ type Suggester struct {
 	stats     Stats
 	buf       []byte // line assembly buffer, reused
 	intern    interner
+	pins      []pinnedEntry
 }
 
 // Stats counts the audit lines read, by what became of them.
@@ -123,6 +124,9 @@ type Suggestion struct {
 	// Rules is the number of rules; CredentialRules of those say
 	// credentials: allow.
 	Rules, CredentialRules int
+	// Warnings name what must be reviewed before enforcing: credential
+	// reads whose identity the suggestion could not pin.
+	Warnings []string
 }
 
 // New starts a suggestion based on the policy in force, config (named
@@ -152,6 +156,7 @@ func New(source string, config []byte, opts Options) (*Suggester, error) {
 		pol:       pol,
 		endpoints: map[string]*policy.Endpoint{},
 		groups:    map[groupKey]*group{},
+		pins:      pinnedEntries(config),
 	}
 	for _, ep := range pol.Endpoints() {
 		s.endpoints[ep.Name] = ep

@@ -51,6 +51,9 @@ func (s *Suggester) Policy() (Suggestion, error) {
 		if r.credentials {
 			sum.CredentialRules++
 		}
+		for _, u := range r.unpinned {
+			sum.Warnings = append(sum.Warnings, fmt.Sprintf("rule %s: %s; pin it with query: before enforcing", r.name, u))
+		}
 	}
 	add(str("rules"), seq)
 
