@@ -101,7 +101,9 @@ func TestAuditSuggestEnforceThroughTheProxy(t *testing.T) {
 		t.Helper()
 		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: netip.MustParseAddr(src).AsSlice()}}
 		c := &http.Client{Transport: &http.Transport{
-			DialContext:       func(ctx context.Context, _, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp", ln.Addr().String()) },
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return d.DialContext(ctx, "tcp", ln.Addr().String())
+			},
 			DisableKeepAlives: true,
 		}}
 		req, _ := http.NewRequest(method, "http://169.254.169.254"+path, nil)
