@@ -98,6 +98,7 @@ func summarize(out io.Writer, st suggest.Stats, sug suggest.Suggestion, logs int
 		{st.Denied, "denied (never suggested)"},
 		{st.Unidentified, "of unidentified pods"},
 		{st.UnknownEndpoint, "of endpoints not in the policy"},
+		{st.Other, "of other logs"},
 		{st.Malformed, "malformed"},
 	} {
 		if c.n > 0 {

@@ -10,13 +10,14 @@ import (
 )
 
 // suggestLog is a small audit log as the proxy writes it under the design
-// policy: node-facts use, one credential read, a denial and a line that is
-// not an audit record.
+// policy: node-facts use, one credential read, a denial, a line of the
+// daemon's own log (kubectl logs mixes them) and a line that is not JSON.
 const suggestLog = `{"time":"2025-01-01T00:00:00Z","src_ip":"10.0.0.7","pod":"web-1","namespace":"shop","pod_uid":"u1","service_account":"web","labels":{"app":"web"},"endpoint":"aws","method":"PUT","path":"/latest/api/token","query_keys":[],"decision":"allow","rule":"node-facts","reason":"allowed","status":200,"bytes":56,"duration_ms":0.4}
 {"time":"2025-01-01T00:00:01Z","src_ip":"10.0.0.7","pod":"web-1","namespace":"shop","pod_uid":"u1","service_account":"web","labels":{"app":"web"},"endpoint":"aws","method":"GET","path":"/latest/meta-data/placement/region","query_keys":[],"decision":"allow","rule":"node-facts","reason":"allowed","status":200,"bytes":9,"duration_ms":0.3}
 {"time":"2025-01-01T00:00:02Z","src_ip":"10.0.0.8","pod":"agent-x","namespace":"ops","pod_uid":"u2","service_account":"agent","labels":{"role":"metadata-accessor"},"endpoint":"aws","method":"GET","path":"/latest/meta-data/iam/security-credentials/node-role","query_keys":[],"decision":"allow","rule":"accessors","reason":"credentials-allowed","status":200,"bytes":1200,"duration_ms":0.9}
 {"time":"2025-01-01T00:00:03Z","src_ip":"10.0.0.7","pod":"web-1","namespace":"shop","pod_uid":"u1","service_account":"web","labels":{"app":"web"},"endpoint":"aws","method":"GET","path":"/latest/user-data","query_keys":[],"decision":"deny","rule":"","reason":"not-allowed-by-rules","status":403,"bytes":80,"duration_ms":0.1}
-{"level":"INFO","msg":"not an audit line"}
+{"time":"2025-01-01T00:00:04Z","level":"INFO","msg":"policy loaded"}
+panic: not even JSON
 `
 
 func TestSuggestCommand(t *testing.T) {
@@ -55,10 +56,10 @@ func TestSuggestCommand(t *testing.T) {
 			[]string{"review: rule pay-billing-credentials: /metadata/identity/oauth2/token chooses an identity by client_id; pin it with query: before enforcing"}},
 		{"suggest prints a policy and a summary", []string{"suggest", "--config", designPolicy, "--audit-log", plain},
 			exitOK, []string{"mode: enforce", "name: shop-web", "/latest/api/token", "name: ops-sa-agent-credentials", "credentials: allow"},
-			[]string{"read 5 lines from 1 audit log: 3 used; skipped 1 denied (never suggested), 1 malformed\n",
-				"first malformed line: " + plain + ":5: no decision field", "2 pod groups, 2 rules, 1 with credentials: allow"}},
+			[]string{"read 6 lines from 1 audit log: 3 used; skipped 1 denied (never suggested), 1 of other logs, 1 malformed\n",
+				"first malformed line: " + plain + ":6: not a JSON object", "2 pod groups, 2 rules, 1 with credentials: allow"}},
 		{"suggest reads gzip logs given as arguments too", []string{"suggest", "--config", designPolicy, "--mode", "audit", "--audit-log", plain, zipped},
-			exitOK, []string{"mode: audit", "name: shop-web"}, []string{"read 10 lines from 2 audit logs: 6 used"}},
+			exitOK, []string{"mode: audit", "name: shop-web"}, []string{"read 12 lines from 2 audit logs: 6 used"}},
 		{"suggest without a log is a usage error", []string{"suggest", "--config", designPolicy}, exitUsage, nil, []string{"at least one --audit-log"}},
 		{"a bad group-by is a usage error", []string{"suggest", "--config", designPolicy, "--group-by", "pod", plain}, exitUsage, nil, []string{"--group-by"}},
 		{"a negative threshold is a usage error", []string{"suggest", "--config", designPolicy, "--collapse-threshold", "-1", plain}, exitUsage, nil, []string{"--collapse-threshold"}},

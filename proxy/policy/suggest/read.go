@@ -157,7 +157,10 @@ func (s *Suggester) add(rec *auditLine) string {
 		s.stats.Denied++
 		return ""
 	case "":
-		return "no decision field: not an audit record"
+		// kubectl logs interleaves the daemon's own JSON log (stderr)
+		// with the audit log (stdout); those lines are expected here.
+		s.stats.Other++
+		return ""
 	default:
 		return fmt.Sprintf("unknown decision %q", rec.decision)
 	}

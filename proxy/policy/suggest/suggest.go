@@ -108,8 +108,11 @@ type Stats struct {
 	// UnknownEndpoint lines name an endpoint the policy in force does not
 	// have.
 	UnknownEndpoint int64
-	// Malformed lines are not audit records, or hold fields no request
-	// the proxy forwards can have.
+	// Other lines are JSON objects without a decision: the daemon's
+	// operational log, which kubectl logs mixes in.
+	Other int64
+	// Malformed lines are not JSON objects, or hold fields no request the
+	// proxy forwards can have.
 	Malformed int64
 	// FirstMalformed says where the first malformed line is and why, so
 	// an operator can look at it.
