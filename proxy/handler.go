@@ -58,6 +58,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rec.endpoint = ep.Name
 
+	// Identify before judging the request's form, so that even a refused
+	// probe (a "..", an encoded slash) is attributed to its pod in the
+	// audit log: those are the lines an investigation looks for.
+	id, idErr := s.cfg.Identities.Lookup(r.Context(), rec.src)
+	if idErr == nil {
+		rec.id = id
+	} else if r.Context().Err() != nil {
+		// The client left while we waited for its identity.
+		rec.reason = "client-gone"
+		return
+	}
+
 	canon, rerr := Canonicalize(r, ep)
 	if rerr != nil {
 		s.refuse(rw, rec, rerr.Status, "malformed-request", rerr.Reason)
@@ -71,23 +83,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	ex := &exchange{pol: pol, ep: ep, canon: canon, rec: rec}
-	id, err := s.cfg.Identities.Lookup(r.Context(), rec.src)
+	ex := &exchange{pol: pol, ep: ep, canon: canon, rec: rec, id: id}
 	switch {
-	case err == nil:
-		ex.id = id
-		rec.id = id
+	case idErr == nil:
 		ex.decision = pol.Decide(id, policy.Request{Endpoint: ep, Method: canon.Method, Path: canon.Path, Query: canon.Query})
-	case errors.Is(err, identity.ErrAmbiguous):
+	case errors.Is(idErr, identity.ErrAmbiguous):
 		ex.decision = unidentified(pol, reasonAmbiguousIP)
-	case errors.Is(err, identity.ErrNotFound):
+	case errors.Is(idErr, identity.ErrNotFound):
 		ex.decision = unidentified(pol, reasonUnknownPod)
-	case r.Context().Err() != nil:
-		// The client left while we waited for its identity.
-		rec.reason = "client-gone"
-		return
 	default:
-		s.log.Warn("identity lookup failed", "src_ip", rec.src, "error", err)
+		s.log.Warn("identity lookup failed", "src_ip", rec.src, "error", idErr)
 		ex.decision = unidentified(pol, reasonIdentityError)
 	}
 	rec.decision, rec.rule, rec.reason = ex.decision.Label(), ex.decision.Rule, ex.decision.Reason

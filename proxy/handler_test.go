@@ -221,3 +221,14 @@ func TestPolicyReloadAppliesToTheNextRequest(t *testing.T) {
 		t.Fatalf("after reload: %d", resp.StatusCode)
 	}
 }
+
+func TestRefusedProbesAreAttributedToTheirPod(t *testing.T) {
+	h := newHarness(t, "aws", ok("x"))
+	if got := h.raw(plainPod, "GET /latest/meta-data/%2e%2e/iam HTTP/1.1\r\nHost: x\r\n\r\n"); got != 400 {
+		t.Fatalf("status %d", got)
+	}
+	l := h.waitAudit(1)[0]
+	if l["pod"] != "frontend" || l["namespace"] != "web" || l["reason"] != "malformed-request" || l["path"] != "/latest/meta-data/%2e%2e/iam" {
+		t.Fatalf("audit line %v: a refused probe must name its pod and raw path", l)
+	}
+}
