@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"metaguard.dev/metaguard/proxy/policy"
 )
@@ -107,5 +108,17 @@ func BenchmarkServeHTTP(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+func BenchmarkAuditWrite(b *testing.B) {
+	a := newAuditLog(io.Discard)
+	id := testPods[plainPod]
+	id.Labels = map[string]string{"app": "web", "pod-template-hash": "5d8f7c", "tier": "frontend", "version": "v1"}
+	rec := &auditRecord{src: plainPod, id: id, endpoint: "aws", method: "GET", path: "/latest/meta-data/instance-id",
+		decision: "allow", rule: "node-facts", reason: "allowed", status: 200, bytes: 19, duration: 300 * time.Microsecond}
+	b.ReportAllocs()
+	for b.Loop() {
+		a.write(context.Background(), rec)
 	}
 }

@@ -222,6 +222,15 @@ func TestPolicyReloadAppliesToTheNextRequest(t *testing.T) {
 	}
 }
 
+func TestAuditLabelsIsAnObjectEvenWhenEmpty(t *testing.T) {
+	h := newHarness(t, "aws", ok("x"))
+	h.do(unknownPod, "GET", "/latest/meta-data/instance-id", nil)
+	l := h.waitAudit(1)[0]
+	if labels, ok := l["labels"].(map[string]any); !ok || len(labels) != 0 {
+		t.Fatalf("labels = %#v, want {}", l["labels"])
+	}
+}
+
 func TestRefusedProbesAreAttributedToTheirPod(t *testing.T) {
 	h := newHarness(t, "aws", ok("x"))
 	if got := h.raw(plainPod, "GET /latest/meta-data/%2e%2e/iam HTTP/1.1\r\nHost: x\r\n\r\n"); got != 400 {
