@@ -28,7 +28,7 @@
 // ServiceAccountKubeconfig, EnsureNamespace, AddPod, DeletePod,
 // SetPodLabels, SetPodPhase, ExecInPod, ExecInNode, PodClient, StartProcess,
 // StartMetaguard, WaitReady, NodeHTTPClient, PodHTTPClient, CloudRecords,
-// ResetCloudRecords, SetGCPValue, Healthy, NodeNetns, CloudNetns,
+// ResetCloudRecords, SetGCPValue, AddCloudAddress, Healthy, NodeNetns, CloudNetns,
 // ArtifactDir, BinDir, APIServerProcess), Pod, PodSpec, PodClientResult, Process,
 // NetnsDialer and the addresses of the topology.
 //

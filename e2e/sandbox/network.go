@@ -173,3 +173,27 @@ func (s *Sandbox) addPodNetns(ctx context.Context, netns, hostVeth string, v4, v
 		fmt.Sprintf("route add ::/0 via %s", BridgeIPv6),
 	)
 }
+
+// AddCloudAddress makes the cloud namespace answer on one more address
+// (on its loopback, as the metadata addresses are) and routes it from the
+// node through the cloud link, so that a service started later in
+// CloudNetns on that address is reached by pods the way the metadata
+// services are. The benchmark puts its fast upstream stand-in there. It
+// changes only the sandbox's own namespaces; Close removes it with them.
+func (s *Sandbox) AddCloudAddress(ctx context.Context, addr netip.Addr) error {
+	addr = addr.Unmap()
+	if !addr.IsValid() {
+		return fmt.Errorf("adding a cloud address: invalid address")
+	}
+	via := CloudIP
+	if addr.Is6() {
+		via = CloudIPv6
+	}
+	if err := ipBatch(ctx, s.cloudNetns(), fmt.Sprintf("addr add %s/%d dev lo", addr, prefixLen(addr))); err != nil {
+		return fmt.Errorf("adding %s to the cloud namespace: %w", addr, err)
+	}
+	if err := ipBatch(ctx, s.nodeNetns(), fmt.Sprintf("route add %s/%d via %s", addr, prefixLen(addr), via)); err != nil {
+		return fmt.Errorf("routing %s from the node: %w", addr, err)
+	}
+	return nil
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
@@ -117,6 +118,30 @@ func TestSandbox(t *testing.T) {
 			if !res.OK {
 				t.Errorf("podclient %v: %+v", args, res)
 			}
+		}
+	})
+
+	t.Run("an added cloud address is routed from a pod to the cloud namespace", func(t *testing.T) {
+		addr := netip.MustParseAddrPort("169.254.169.249:80")
+		dial := func() error {
+			dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			c, err := NetnsDialer(pod.Netns)(dctx, "tcp", addr.String())
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}
+		// Refused means a namespace owning the address answered with a
+		// reset; before the address exists the node has no route for it.
+		if err := dial(); errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("before AddCloudAddress: %v, want no route", err)
+		}
+		if err := s.AddCloudAddress(ctx, addr.Addr()); err != nil {
+			t.Fatal(err)
+		}
+		if err := dial(); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("after AddCloudAddress: %v, want connection refused by the cloud namespace", err)
 		}
 	})
 
