@@ -52,9 +52,11 @@ type rawResponse struct {
 
 // rawExchange writes raw bytes on a new TCP connection from the pod to
 // addr (through the node's real DNAT) and reads every response until the
-// server closes the connection or nothing more comes for a while. err is
-// set only when no connection could be made.
-func rawExchange(ctx context.Context, pod *sandbox.Pod, addr, raw string) ([]rawResponse, error) {
+// server closes the connection or stays quiet: 3 s for each of the first
+// expect responses, 200 ms for any more (a kept-alive connection stays
+// open after its last answer). err is set only when no connection could
+// be made.
+func rawExchange(ctx context.Context, pod *sandbox.Pod, addr, raw string, expect int) ([]rawResponse, error) {
 	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	c, err := sandbox.NetnsDialer(pod.Netns)(dctx, "tcp", addr)
@@ -68,9 +70,11 @@ func rawExchange(ctx context.Context, pod *sandbox.Pod, addr, raw string) ([]raw
 	var out []rawResponse
 	br := bufio.NewReader(c)
 	for {
-		// A kept-alive connection stays open after the last answer: stop
-		// once the server has been quiet for a moment.
-		_ = c.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
+		quiet := 3 * time.Second
+		if len(out) >= expect {
+			quiet = 200 * time.Millisecond
+		}
+		_ = c.SetReadDeadline(time.Now().Add(quiet))
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
 			return out, nil
