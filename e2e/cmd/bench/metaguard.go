@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"metaguard.dev/metaguard/e2e/sandbox"
+)
+
+// metricsAddr is metaguard's default --metrics-listen, seen from the node.
+const metricsAddr = "127.0.0.1:9181"
+
+// startMetaguard runs metaguard on the node with the load policy. bin is
+// bin/metaguard, or another build of it (the profile's, with symbols).
+// Rules go on exit, so that rows 1 and 2 of the next round see none.
+func (b *bench) startMetaguard(ctx context.Context, bin, audit string) (*sandbox.Process, error) {
+	args := []string{"--config=" + b.policy, "--audit-log=" + audit, "--cleanup-on-exit=true", "--log-level=warn"}
+	if b.iptable == "iptables-nft" {
+		args = append(args, "--iptables-mode=nft")
+	}
+	if bin == filepath.Join(b.s.BinDir(), "metaguard") {
+		return b.s.StartMetaguard(ctx, args...)
+	}
+	// StartMetaguard's own steps, with another binary.
+	kubeconfig, err := b.s.ServiceAccountKubeconfig(ctx, sandbox.MetaguardNamespace, sandbox.MetaguardServiceAccount)
+	if err != nil {
+		return nil, err
+	}
+	p, err := b.s.StartProcess(b.s.NodeNetns(), bin, append([]string{"run",
+		"--node-name=" + sandbox.NodeName, "--host-ip=" + sandbox.HostIP.String(), "--kubeconfig=" + kubeconfig}, args...)...)
+	if err != nil {
+		return nil, err
+	}
+	return p, b.s.WaitReady(ctx, p, metricsAddr)
+}
+
+// stopMetaguard stops it and checks that its rules went with it.
+func (b *bench) stopMetaguard(ctx context.Context, mg *sandbox.Process) error {
+	if err := mg.Stop(); err != nil {
+		return err
+	}
+	out, err := b.s.ExecInNode(ctx, b.iptable+"-save", "-t", "nat")
+	if err != nil {
+		return err
+	}
+	if strings.Contains(string(out), "METAGUARD") {
+		return fmt.Errorf("metaguard's rules survived its exit with --cleanup-on-exit:\n%s", out)
+	}
+	return nil
+}
+
+// scrapeMetrics reads /metrics every second, as a Prometheus would, until
+// the returned stop is called.
+func (b *bench) scrapeMetrics(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		client := b.s.NodeHTTPClient()
+		client.Timeout = 5 * time.Second
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			resp, err := client.Get("http://" + metricsAddr + "/metrics")
+			if err != nil {
+				if ctx.Err() == nil {
+					b.logf("scraping /metrics: %v", err)
+				}
+				continue
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
+	return func() { cancel(); wg.Wait() }
+}

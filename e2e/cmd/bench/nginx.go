@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"metaguard.dev/metaguard/e2e/sandbox"
+)
+
+// The fast upstream stand-in's content: what an AWS IMDS answers for the
+// two paths the benchmark reads. The listing holds iam/, so that the strip
+// row has an entry to remove.
+const (
+	instanceID   = "i-0b22a22eec53b9321"
+	metaListing  = "ami-id\nami-launch-index\nami-manifest-path\nblock-device-mapping/\nevents/\nhostname\niam/\nidentity-credentials/\ninstance-action\ninstance-id\ninstance-life-cycle\ninstance-type\nlocal-hostname\nlocal-ipv4\nmac\nmetrics/\nnetwork/\nplacement/\nprofile\nreservation-id\nsecurity-groups\nservices/"
+	nginxCommon  = "daemon off;\nmaster_process on;\nworker_processes auto;\n# Workers must read files in the sandbox's private directory.\nuser root;\npid %[1]s/nginx.pid;\nerror_log %[1]s/error.log warn;\nevents { worker_connections 4096; }\n"
+	nginxHTTPTop = "  access_log off;\n  client_body_temp_path %[1]s/tmp/body;\n  proxy_temp_path %[1]s/tmp/proxy;\n  fastcgi_temp_path %[1]s/tmp/fastcgi;\n  uwsgi_temp_path %[1]s/tmp/uwsgi;\n  scgi_temp_path %[1]s/tmp/scgi;\n  # One wrk connection keeps its connection for the whole run, as\n  # metaguard's Go server lets it.\n  keepalive_requests 1000000;\n  keepalive_timeout 75s;\n  tcp_nodelay on;\n"
+)
+
+// upstreamConf serves static files: instance-id, and the meta-data listing
+// as the directory's index.
+func upstreamConf(prefix string, listen netip.AddrPort) string {
+	return fmt.Sprintf(nginxCommon, prefix) + "http {\n" + fmt.Sprintf(nginxHTTPTop, prefix) + fmt.Sprintf(
+		"  default_type text/plain;\n  sendfile on;\n  open_file_cache max=64;\n  server {\n    listen %s;\n    root %s/www;\n    index index.txt;\n  }\n}\n",
+		listen, prefix)
+}
+
+// proxyConf is the reference L7 reverse proxy on the node: one listener
+// per upstream, HTTP/1.1 keep-alive to the upstream as metaguard's
+// transport keeps, the client's Host passed on.
+func proxyConf(prefix string, routes []nginxRoute) string {
+	var b strings.Builder
+	b.WriteString(fmt.Sprintf(nginxCommon, prefix) + "http {\n" + fmt.Sprintf(nginxHTTPTop, prefix))
+	for i, r := range routes {
+		fmt.Fprintf(&b, "  upstream u%d {\n    server %s;\n    keepalive 64;\n  }\n", i, r.upstream)
+		fmt.Fprintf(&b, "  server {\n    listen %s;\n    location / {\n      proxy_pass http://u%d;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n    }\n  }\n", r.listen, i)
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+// nginxRoute is one listener of the reverse proxy and where it forwards.
+type nginxRoute struct {
+	listen, upstream netip.AddrPort
+}
+
+// startNginx writes conf under prefix and runs nginx in the foreground in
+// netns, then waits until addr accepts connections from the node.
+func startNginx(ctx context.Context, s *sandbox.Sandbox, netns, prefix, conf string, files map[string]string, addrs ...netip.AddrPort) (*sandbox.Process, error) {
+	for _, d := range []string{"tmp", "www"} {
+		if err := os.MkdirAll(filepath.Join(prefix, d), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	for name, content := range files {
+		p := filepath.Join(prefix, "www", name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			return nil, err
+		}
+	}
+	confPath := filepath.Join(prefix, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	nginx, err := lookTool("nginx")
+	if err != nil {
+		return nil, err
+	}
+	// -e: without it nginx opens /var/log/nginx/error.log before reading
+	// the configuration.
+	p, err := s.StartProcess(netns, nginx, "-p", prefix, "-c", confPath, "-e", filepath.Join(prefix, "error.log"))
+	if err != nil {
+		return nil, err
+	}
+	dial := sandbox.NetnsDialer(s.NodeNetns())
+	for _, a := range addrs {
+		if err := poll(ctx, 10*time.Second, func() (bool, error) {
+			if done, werr := p.Exited(); done {
+				b, _ := p.Stderr()
+				return false, fmt.Errorf("nginx exited (%v): %s", werr, b)
+			}
+			dctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			c, err := dial(dctx, "tcp", a.String())
+			if err != nil {
+				return false, nil
+			}
+			c.Close()
+			return true, nil
+		}); err != nil {
+			return p, fmt.Errorf("waiting for nginx on %s: %w", a, err)
+		}
+	}
+	return p, nil
+}
+
+// poll calls cond every 20 ms until it is true, fails, or timeout passes.
+func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		ok, err := cond()
+		if err != nil || ok {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("gave up after %v: %w", timeout, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// hostPort is a dialable "ip:port" for a URL.
+func hostPort(a netip.AddrPort) string {
+	return net.JoinHostPort(a.Addr().String(), fmt.Sprint(a.Port()))
+}
