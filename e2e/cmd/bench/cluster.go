@@ -130,12 +130,12 @@ func createNamespaces(ctx context.Context, s *sandbox.Sandbox, n int) error {
 
 // createPods creates pods first..last-1 with workers in parallel, each pod
 // i made by mk, with an optional status update; it stops early when ctx
-// ends or deadline passes and returns how many it created.
+// ends or deadline passes and returns how many it created. created counts
+// them as they go, for progress reports.
 func createPods(ctx context.Context, c kubernetes.Interface, first, last, workers int, deadline time.Time,
-	mk func(i int) (*corev1.Pod, func(*corev1.Pod))) (int, error) {
+	created *atomic.Int64, mk func(i int) (*corev1.Pod, func(*corev1.Pod))) (int, error) {
 	var (
 		next     atomic.Int64
-		created  atomic.Int64
 		wg       sync.WaitGroup
 		errOnce  sync.Once
 		firstErr error

@@ -103,11 +103,11 @@ func startNginx(ctx context.Context, s *sandbox.Sandbox, netns, prefix, conf str
 	return p, nil
 }
 
-// poll calls cond every 20 ms until it is true, fails, or timeout passes.
+// poll calls cond every 10 ms until it is true, fails, or timeout passes.
 func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	t := time.NewTicker(20 * time.Millisecond)
+	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
 		ok, err := cond()

@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -17,9 +15,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
 
 	"metaguard.dev/metaguard/e2e/sandbox"
 	"metaguard.dev/metaguard/identity/podindex"
@@ -53,14 +48,24 @@ type mgScaleRun struct {
 	mem         memory
 	apiBytes    int64 // received on its API server connections
 	podsTracked int
+	// apiList is how long the API server took, just before metaguard
+	// started, to answer the LIST of this node's pods: the part of ready
+	// that is the API server's.
+	apiList time.Duration
 }
 
 // informerRun is a pods informer in this process, scoped or not.
 type informerRun struct {
 	label string
 	pods  int
-	bytes int64
-	took  time.Duration
+	bytes int64 // on the wire: TLS records of gzip of protobuf
+	// decoded is the response bodies' bytes after decompression: what
+	// client-go decodes.
+	decoded int64
+	took    time.Duration
+	// requests are the informer's calls until it synced, as
+	// "VERB /path?query (encoding)", to show how client-go listed.
+	requests []string
 }
 
 const scalePolicy = `apiVersion: metaguard.dev/v1alpha1
@@ -103,10 +108,10 @@ func runScale(ctx context.Context, s *sandbox.Sandbox, opts scaleOptions, logf f
 		ip := netip.AddrFrom4([4]byte{10, 244, 0, byte(2 + i)})
 		return pod, func(p *corev1.Pod) { runningStatus(p, sandbox.HostIP.String(), ip) }
 	}
-	if n, err := createPods(ctx, fc, 0, opts.nodePods, opts.workers, time.Now().Add(5*time.Minute), local); err != nil || n != opts.nodePods {
+	if n, err := createPods(ctx, fc, 0, opts.nodePods, opts.workers, time.Now().Add(5*time.Minute), new(atomic.Int64), local); err != nil || n != opts.nodePods {
 		return nil, fmt.Errorf("creating this node's %d pods (created %d): %v", opts.nodePods, n, err)
 	}
-	run, err := measureMetaguard(ctx, s, policy, opts.nodePods)
+	run, err := measureMetaguard(ctx, s, policy, opts.nodePods, logf)
 	if err != nil {
 		return nil, err
 	}
@@ -117,8 +122,12 @@ func runScale(ctx context.Context, s *sandbox.Sandbox, opts scaleOptions, logf f
 		return workloadPod(scaleNamespace(i%opts.namespaces), fmt.Sprintf("p-%06d", i), otherNode(1+i%(opts.nodes-1)), i%500), nil
 	}
 	begin := time.Now()
-	stopLog := every(ctx, 15*time.Second, func() { logf("scale: creating pods, %v so far", time.Since(begin).Round(time.Second)) })
-	n, err := createPods(ctx, fc, opts.nodePods, opts.pods, opts.workers, begin.Add(opts.budget), other)
+	var created atomic.Int64
+	stopLog := every(ctx, 15*time.Second, func() {
+		n := created.Load()
+		logf("scale: %d pods created in %v (%.0f/s)", n, time.Since(begin).Round(time.Second), float64(n)/time.Since(begin).Seconds())
+	})
+	n, err := createPods(ctx, fc, opts.nodePods, opts.pods, opts.workers, begin.Add(opts.budget), &created, other)
 	stopLog()
 	res.createTook = time.Since(begin)
 	res.clusterPods = opts.nodePods + n
@@ -128,7 +137,7 @@ func runScale(ctx context.Context, s *sandbox.Sandbox, opts scaleOptions, logf f
 	}
 	logf("scale: created %d pods on other nodes in %v (%.0f/s)", n, res.createTook.Round(time.Second), float64(n)/res.createTook.Seconds())
 
-	run, err = measureMetaguard(ctx, s, policy, res.clusterPods)
+	run, err = measureMetaguard(ctx, s, policy, res.clusterPods, logf)
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +155,7 @@ func runScale(ctx context.Context, s *sandbox.Sandbox, opts scaleOptions, logf f
 			return nil, err
 		}
 		res.informers = append(res.informers, ir)
-		logf("scale: pods informer, %s: %d pods, %d bytes, synced in %v", c.label, ir.pods, ir.bytes, ir.took)
+		logf("scale: pods informer, %s: %d pods, %d bytes, synced in %v; requests: %s", c.label, ir.pods, ir.bytes, ir.took, strings.Join(ir.requests, "; "))
 	}
 	res.localPodSize, _ = podJSONSize(ctx, s, scaleNamespace(0), "local-000")
 	res.otherPodSize, _ = podJSONSize(ctx, s, scaleNamespace(opts.nodePods%opts.namespaces), fmt.Sprintf("p-%06d", opts.nodePods))
@@ -158,8 +167,16 @@ func runScale(ctx context.Context, s *sandbox.Sandbox, opts scaleOptions, logf f
 
 // measureMetaguard starts metaguard, reads what the scale table reports
 // once it is ready and settled, and stops it.
-func measureMetaguard(ctx context.Context, s *sandbox.Sandbox, policy string, clusterPods int) (mgScaleRun, error) {
+func measureMetaguard(ctx context.Context, s *sandbox.Sandbox, policy string, clusterPods int, logf func(string, ...any)) (mgScaleRun, error) {
 	run := mgScaleRun{clusterPods: clusterPods}
+	if err := waitQuiet(ctx, s.APIServerProcess().Pid(), logf); err != nil {
+		return run, err
+	}
+	begin := time.Now()
+	if _, err := s.AdminClient().CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: podindex.PodFieldSelector(sandbox.NodeName)}); err != nil {
+		return run, fmt.Errorf("listing this node's pods: %w", err)
+	}
+	run.apiList = time.Since(begin)
 	mg, err := s.StartMetaguard(ctx, "--config="+policy, "--audit-log=/dev/null", "--cleanup-on-exit=true")
 	if err != nil {
 		return run, err
@@ -193,6 +210,33 @@ func measureMetaguard(ctx context.Context, s *sandbox.Sandbox, policy string, cl
 	logs, _ := mg.Stderr()
 	run.synced = syncTime(logs)
 	return run, nil
+}
+
+// waitQuiet waits until the API server has used less than a fifth of a
+// core over a second (at most a minute): after a storm of creates it is
+// still writing its watch cache, and metaguard's start would measure that.
+func waitQuiet(ctx context.Context, pid int, logf func(string, ...any)) error {
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		c0, err := cpuSeconds([]int{pid})
+		if err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+		c1, err := cpuSeconds([]int{pid})
+		if err != nil {
+			return err
+		}
+		if c1.total-c0.total < 0.2 {
+			return nil
+		}
+	}
+	logf("scale: the API server is still busy after a minute; measuring anyway")
+	return nil
 }
 
 // apiBytesReceived sums bytes_received (TCP payload, TLS records
@@ -282,73 +326,6 @@ func syncTime(logs []byte) time.Duration {
 		return 0
 	}
 	return synced.Sub(start)
-}
-
-// countingConn counts the bytes read from the API server.
-type countingConn struct {
-	net.Conn
-	n *atomic.Int64
-}
-
-func (c countingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-// informerBytes runs a pods informer as metaguard builds it (same
-// client-go, JSON, a transform), with or without the field selector, and
-// counts the bytes it receives until it has synced.
-func informerBytes(ctx context.Context, s *sandbox.Sandbox, label, selector string) (informerRun, error) {
-	var n atomic.Int64
-	cfg := s.AdminConfig()
-	dial := cfg.Dial
-	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := dial(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return countingConn{Conn: c, n: &n}, nil
-	}
-	cfg.UserAgent = "metaguard-bench-informer"
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return informerRun{}, err
-	}
-	f := informers.NewSharedInformerFactoryWithOptions(client, 0,
-		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.FieldSelector = selector }),
-		// Keep names only: the bytes are the point, not this process's
-		// memory.
-		informers.WithTransform(func(obj any) (any, error) {
-			if p, ok := obj.(*corev1.Pod); ok {
-				return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, ResourceVersion: p.ResourceVersion}}, nil
-			}
-			return obj, nil
-		}),
-	)
-	inf := f.Core().V1().Pods().Informer()
-	ictx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	begin := time.Now()
-	f.StartWithContext(ictx)
-	defer f.Shutdown()
-	if !cache.WaitForCacheSync(ictx.Done(), inf.HasSynced) {
-		return informerRun{}, fmt.Errorf("pods informer (%s) did not sync", label)
-	}
-	run := informerRun{label: label, took: time.Since(begin), bytes: n.Load(), pods: len(inf.GetStore().ListKeys())}
-	cancel()
-	return run, nil
-}
-
-func podJSONSize(ctx context.Context, s *sandbox.Sandbox, ns, name string) (int, error) {
-	body, err := s.AdminClient().CoreV1().RESTClient().Get().Namespace(ns).Resource("pods").Name(name).
-		SetHeader("Accept", "application/json").Stream(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer body.Close()
-	n, err := io.Copy(io.Discard, body)
-	return int(n), err
 }
 
 // every calls f every interval until the returned stop is called.
