@@ -29,8 +29,9 @@
 // SetPodLabels, SetPodPhase, ExecInPod, ExecInNode, PodClient, StartProcess,
 // StartMetaguard, WaitReady, NodeHTTPClient, PodHTTPClient, CloudRecords,
 // ResetCloudRecords, SetGCPValue, AddCloudAddress, Healthy, NodeNetns, CloudNetns,
-// ArtifactDir, BinDir, APIServerProcess), Pod, PodSpec, PodClientResult, Process,
-// NetnsDialer and the addresses of the topology.
+// ArtifactDir, BinDir, APIServerProcess, StopAPIServer, StartAPIServer,
+// AddPodNetwork, CreatePodObject), Pod, PodSpec, PodClientResult, Process,
+// NetnsDialer, NetnsListen and the addresses of the topology.
 //
 // It must not touch the root network namespace, must not reach anything
 // outside the namespaces it made, and must not know metaguard's internals:
