@@ -26,7 +26,7 @@ func run() int {
 	out := fs.String("out", "BENCHMARKS.md", "where the report goes")
 	skip := fs.String("skip", "", "phases to leave out, comma-separated: load, scale, gobench")
 	var lo loadOptions
-	fs.DurationVar(&lo.duration, "duration", 8*time.Second, "length of one measured wrk run")
+	fs.DurationVar(&lo.duration, "duration", 6*time.Second, "length of one measured wrk run")
 	fs.DurationVar(&lo.warmup, "warmup", time.Second, "wrk warm-up before each measured run")
 	fs.IntVar(&lo.rounds, "rounds", 3, "rounds of every row; tables show medians")
 	fs.IntVar(&lo.threads, "threads", 2, "wrk threads")

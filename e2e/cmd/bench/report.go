@@ -72,7 +72,7 @@ func (r *report) targets() []targetLine {
 			verdict(ratio >= 0.9)})
 		added := allow.p99 - direct.p99
 		t = append(t, targetLine{"p99 added over direct under 250 µs",
-			fmt.Sprintf("+%.0f µs (p99 %.0f µs against %.0f µs direct, fast stand-in, keep-alive)", added, allow.p99, direct.p99),
+			fmt.Sprintf("%+.0f µs (p99 %.0f µs against %.0f µs direct, fast stand-in, keep-alive)", added, allow.p99, direct.p99),
 			verdict(added < 250)})
 	} else {
 		t = append(t, targetLine{"allowed path at least 0.9x nginx's requests/s", "load phase not run", "not measured"},
@@ -186,7 +186,7 @@ func (r *report) writeLoadTable(p printer, t tableSpec) {
 		if rr.kind != rowDirect {
 			cpu = fmt.Sprintf("%.2f (%.0f%%)", st.cpuPer10k, 100*st.sysShare)
 			rss = fmt.Sprintf("%.1f (%.1f)", st.rssMiB, st.peakMiB)
-			over = fmt.Sprintf("+%.0f µs", st.p99-direct.p99)
+			over = fmt.Sprintf("%+.0f µs", st.p99-direct.p99)
 		}
 		p("| %d | %s | %.0f | %.2f | %s | %.3f | %.3f | %.3f | %s | %s | %s |\n",
 			rr.kind, label, st.rps, st.rps/direct.rps, ratioOr(st.rps, ngx.rps), st.p50/1000, st.p99/1000, st.p999/1000, over, cpu, rss)
