@@ -78,6 +78,9 @@ func TestUpstreamDownOrSlow(t *testing.T) {
 	n := startNode(t, upstreamPolicy, "--upstream-timeout=1s")
 	startUpstreams(t, n.s)
 	web := n.addPod(sandbox.PodSpec{Namespace: "shop", Name: "web", Labels: map[string]string{"app": "web"}})
+	// The first request may wait up to --identity-wait for the informer to
+	// see the new pod; the timings below are about the upstream alone.
+	eventually(t, 5*time.Second, func() bool { return n.get(web, "http://169.254.169.252:85/x", nil).status == 200 })
 
 	cases := []struct {
 		name     string
