@@ -28,6 +28,8 @@ rules:
     allow:
       - methods: [GET, HEAD]
         paths: ["/", "/computeMetadata/v1/**", "/latest/meta-data/**"]
+      - methods: [PUT]
+        paths: ["/computeMetadata/v1/instance/guest-attributes/**"]
 `
 
 // gcpReq is a request line and headers as a GCP client would send them,
@@ -45,6 +47,9 @@ func gcpReq(method, target string, extra ...string) string {
 const (
 	saDir = "/computeMetadata/v1/instance/service-accounts/default/"
 	token = saDir + "token"
+	// guestAttr is writable: GCE guest attributes take PUT (the fake
+	// answers 405, which is enough to see what reached it).
+	guestAttr = "/computeMetadata/v1/instance/guest-attributes/ns/key"
 )
 
 // hostileRequest is bytes a compromised pod sends, what it must get back
@@ -78,6 +83,15 @@ var hostileRequests = []hostileRequest{
 		"GET /computeMetadata/v1/instance/zone HTTP/1.1\r\nHost: metadata.google.internal\r\nTransfer-Encoding: chunked\r\n\r\n" +
 			fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(gcpReq("GET", token)), gcpReq("GET", token)),
 		[]int{400}, nil},
+	// PUT is the one method with a body (GCE guest attributes): its
+	// framing must be unambiguous too.
+	{"a chunked PUT",
+		gcpReq("PUT", guestAttr, "Transfer-Encoding: chunked") + "5\r\nhello\r\n0\r\n\r\n", []int{400}, nil},
+	{"a PUT with Content-Length and Transfer-Encoding hiding a second request",
+		gcpReq("PUT", guestAttr, "Content-Length: 5", "Transfer-Encoding: chunked") + "0\r\n\r\n" + gcpReq("GET", token),
+		[]int{400, 403}, nil},
+	{"a PUT body within Content-Length is forwarded as judged",
+		gcpReq("PUT", guestAttr, "Content-Length: 5") + "hello", []int{405}, []string{"PUT " + guestAttr}},
 	{"a body on GET announced by Content-Length", gcpReq("GET", "/computeMetadata/v1/instance/zone", "Content-Length: 5") + "hello", []int{400}, nil},
 	{"a pipelined credential request behind an allowed one",
 		gcpReq("GET", "/computeMetadata/v1/instance/zone") + gcpReq("GET", token),
