@@ -242,8 +242,12 @@ func (b *bench) measure(ctx context.Context, t tableSpec, kind rowKind, pids []i
 		return sample{}, err
 	}
 	url := "http://" + hostPort(t.target.addr) + info.path
+	threads, conns := b.opts.threads, b.opts.conns
+	if t.oneAtATime {
+		threads, conns = 1, 1
+	}
 	if b.opts.warmup > 0 {
-		if _, err := b.wrk(ctx, b.opts.warmup, url, t.keepAlive); err != nil {
+		if _, err := b.wrk(ctx, b.opts.warmup, threads, conns, url, t.keepAlive); err != nil {
 			return sample{}, err
 		}
 	}
@@ -251,7 +255,7 @@ func (b *bench) measure(ctx context.Context, t tableSpec, kind rowKind, pids []i
 	if err != nil {
 		return sample{}, err
 	}
-	w, err := b.wrk(ctx, b.opts.duration, url, t.keepAlive)
+	w, err := b.wrk(ctx, b.opts.duration, threads, conns, url, t.keepAlive)
 	if err != nil {
 		return sample{}, err
 	}
@@ -270,10 +274,10 @@ func (b *bench) measure(ctx context.Context, t tableSpec, kind rowKind, pids []i
 	return smp, nil
 }
 
-func (b *bench) wrk(ctx context.Context, d time.Duration, url string, keepAlive bool) (wrkResult, error) {
+func (b *bench) wrk(ctx context.Context, d time.Duration, threads, conns int, url string, keepAlive bool) (wrkResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
-	out, err := b.s.ExecInPod(ctx, b.pod, wrkArgs(b.opts.threads, b.opts.conns, d, b.script, url, keepAlive)...)
+	out, err := b.s.ExecInPod(ctx, b.pod, wrkArgs(threads, conns, d, b.script, url, keepAlive)...)
 	if err != nil {
 		return wrkResult{}, err
 	}

@@ -54,7 +54,7 @@ func (b *bench) profileAllowed(ctx context.Context) (*profileResult, error) {
 	}
 	defer b.stopMetaguard(ctx, mg)
 	url := "http://" + hostPort(targetFast.addr) + pathAllowed
-	if _, err := b.wrk(ctx, b.opts.warmup+time.Second, url, true); err != nil {
+	if _, err := b.wrk(ctx, b.opts.warmup+time.Second, b.opts.threads, b.opts.conns, url, true); err != nil {
 		return nil, err
 	}
 	data := filepath.Join(b.dir, "perf.data")
@@ -81,7 +81,7 @@ func (b *bench) profileAllowed(ctx context.Context) (*profileResult, error) {
 			"-o", data, "--", "sleep", strconv.Itoa(int(span/time.Second)))
 		perfOut, perfErr = cmd.CombinedOutput()
 	}()
-	w, err := b.wrk(ctx, b.opts.duration, url, true)
+	w, err := b.wrk(ctx, b.opts.duration, b.opts.threads, b.opts.conns, url, true)
 	wg.Wait()
 	if err != nil {
 		return nil, err

@@ -70,9 +70,11 @@ func (r *report) targets() []targetLine {
 		t = append(t, targetLine{"allowed path at least 0.9x nginx's requests/s",
 			fmt.Sprintf("%.2fx (%.0f vs %.0f req/s, fast stand-in, keep-alive); %.2fx against the mock", ratio, allow.rps, ngx.rps, mAllow.rps/mNgx.rps),
 			verdict(ratio >= 0.9)})
-		added := allow.p99 - direct.p99
+		ld, la := statsOf(l.row("fast-latency", rowDirect)), statsOf(l.row("fast-latency", rowAllow))
+		added := la.p99 - ld.p99
 		t = append(t, targetLine{"p99 added over direct under 250 µs",
-			fmt.Sprintf("%+.0f µs (p99 %.0f µs against %.0f µs direct, fast stand-in, keep-alive)", added, allow.p99, direct.p99),
+			fmt.Sprintf("%+.0f µs (p99 %.0f µs against %.0f µs direct, one request at a time, fast stand-in; saturated: %.1f ms against %.1f ms)",
+				added, la.p99, ld.p99, allow.p99/1000, direct.p99/1000),
 			verdict(added < 250)})
 	} else {
 		t = append(t, targetLine{"allowed path at least 0.9x nginx's requests/s", "load phase not run", "not measured"},
@@ -139,7 +141,7 @@ func (r *report) writeLoad(p printer) {
 		return
 	}
 	o := l.opts
-	p("wrk (`-t%d -c%d -d%v`, after a %v warm-up) runs inside a pod's network namespace of the e2e sandbox and\n", o.threads, o.conns, o.duration, o.warmup)
+	p("wrk (`-d%v`, after a %v warm-up) runs inside a pod's network namespace of the e2e sandbox and\n", o.duration, o.warmup)
 	p("requests `http://<upstream address><path>`, as a workload asks the IMDS. Each row ran %d times; the tables show the\n", o.rounds)
 	p("median of each column (ratios are ratios of those medians). The rounds interleave: every round runs rows 1 to 6 of every\n")
 	p("table back to back, so a noisy minute on this shared machine hits every configuration alike. The phase took %s.\n\n", l.took.Round(time.Second))
@@ -152,6 +154,9 @@ func (r *report) writeLoad(p printer) {
 	p("4. **metaguard, strip**: `%s`, allowed; the body is read whole and `iam/` and `identity-credentials/` are removed.\n", pathListing)
 	p("5. **metaguard, denied**: `%s`, a credential path: answered 403 by metaguard, never forwarded.\n", pathDenied)
 	p("6. **metaguard, audited**: row 3 with the audit log appended to a regular file and `/metrics` scraped every second.\n\n")
+	p("The first three tables saturate the proxy (wrk `-t%d -c%d`): their latencies are mostly queueing on two busy cores. The last\n", o.threads, o.conns)
+	p("sends one request at a time (`-t1 -c1`), so nothing queues and its differences to row 1 are what the proxy adds to a request;\n")
+	p("the latency target is judged there.\n\n")
 	p("Rows 1 to 3 and 6 request `%s`. Proxy CPU is utime+stime from `/proc/PID/stat` of the proxy's processes (nginx: master and workers)\n", pathAllowed)
 	p("over the wrk run, per 10,000 requests, with the kernel's part (stime) in brackets; RSS is `VmRSS` at the end of the run (nginx:\n")
 	p("summed over its processes), peak is `VmHWM`. On 2 cores wrk, the\n")
@@ -171,9 +176,15 @@ func nginxVersionOr(v string) string {
 func (r *report) writeLoadTable(p printer, t tableSpec) {
 	l := r.load
 	direct, ngx := statsOf(l.row(t.key, rowDirect)), statsOf(l.row(t.key, rowNginx))
-	p("### %s\n\nUpstream: %s at `%s`.\n\n", t.title, t.target.title, t.target.addr)
-	p("| # | configuration | req/s | x direct | x nginx | p50 ms | p99 ms | p99.9 ms | p99 over direct | proxy CPU s / 10k req (kernel %%) | proxy RSS MiB (peak) |\n")
-	p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	p("### %s\n\nUpstream: %s at `%s`.", t.title, t.target.title, t.target.addr)
+	if t.oneAtATime {
+		p(" wrk `-t1 -c1`: latency, not throughput.\n\n")
+		p("| # | configuration | p50 µs | p99 µs | p99.9 µs | p50 over direct | p99 over direct | p99.9 over direct | req/s | proxy CPU s / 10k req (kernel %%) |\n")
+		p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	} else {
+		p("\n\n| # | configuration | req/s | x direct | x nginx | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req (kernel %%) | proxy RSS MiB (peak) |\n")
+		p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	}
 	var notes []string
 	for _, rr := range l.results[t.key] {
 		st := statsOf(rr)
@@ -182,14 +193,24 @@ func (r *report) writeLoadTable(p printer, t tableSpec) {
 		if rr.kind == rowStrip || rr.kind == rowDeny {
 			label += " `" + info.path + "`"
 		}
-		cpu, rss, over := "-", "-", "-"
+		cpu, rss := "-", "-"
 		if rr.kind != rowDirect {
 			cpu = fmt.Sprintf("%.2f (%.0f%%)", st.cpuPer10k, 100*st.sysShare)
 			rss = fmt.Sprintf("%.1f (%.1f)", st.rssMiB, st.peakMiB)
-			over = fmt.Sprintf("%+.0f µs", st.p99-direct.p99)
 		}
-		p("| %d | %s | %.0f | %.2f | %s | %.3f | %.3f | %.3f | %s | %s | %s |\n",
-			rr.kind, label, st.rps, st.rps/direct.rps, ratioOr(st.rps, ngx.rps), st.p50/1000, st.p99/1000, st.p999/1000, over, cpu, rss)
+		if t.oneAtATime {
+			over := func(v, d float64) string {
+				if rr.kind == rowDirect {
+					return "-"
+				}
+				return fmt.Sprintf("%+.0f µs", v-d)
+			}
+			p("| %d | %s | %.0f | %.0f | %.0f | %s | %s | %s | %.0f | %s |\n", rr.kind, label, st.p50, st.p99, st.p999,
+				over(st.p50, direct.p50), over(st.p99, direct.p99), over(st.p999, direct.p999), st.rps, cpu)
+		} else {
+			p("| %d | %s | %.0f | %.2f | %s | %.3f | %.3f | %.3f | %s | %s |\n",
+				rr.kind, label, st.rps, st.rps/direct.rps, ratioOr(st.rps, ngx.rps), st.p50/1000, st.p99/1000, st.p999/1000, cpu, rss)
+		}
 		if st.unexpected > 0 {
 			notes = append(notes, fmt.Sprintf("Row %d: %d responses with another status than %d, or socket errors, over %d rounds.", rr.kind, st.unexpected, info.status, st.rounds))
 		}

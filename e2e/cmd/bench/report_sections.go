@@ -87,18 +87,28 @@ func (r *report) writeScale(p printer) {
 	p("server (`ss -ti` in the node namespace): TLS, the pods and namespaces lists and watches, everything.\n\n")
 	if len(s.informers) > 0 {
 		p("What node scoping saves: a pods informer in the benchmark process, built as metaguard builds its own (same client-go, default\n")
-		p("content negotiation, a transform), once with metaguard's field selector and once without, until it has synced:\n\n")
-		p("| pods informer | pods | bytes on the wire | bytes decoded | synced after |\n| --- | ---: | ---: | ---: | ---: |\n")
+		p("content negotiation, a transform), with metaguard's field selector and without, until it has synced:\n\n")
+		p("| pods in the cluster | pods informer | pods | bytes on the wire | bytes decoded | synced after |\n| ---: | --- | ---: | ---: | ---: | ---: |\n")
 		for _, ir := range s.informers {
-			p("| %s | %d | %s | %s | %.2f s |\n", ir.label, ir.pods, bytesHuman(ir.bytes), bytesHuman(ir.decoded), ir.took.Seconds())
+			p("| %d | %s | %d | %s | %s | %.2f s |\n", ir.clusterPods, ir.label, ir.pods, bytesHuman(ir.bytes), bytesHuman(ir.decoded), ir.took.Seconds())
 		}
 		if len(s.informers[0].requests) > 0 {
 			p("\nHow client-go %s listed (the scoped informer's calls until synced): `%s`.\n", clientGoVersion(), strings.Join(s.informers[0].requests, "`; `"))
 			p("A streaming watch-list (`sendInitialEvents=true`), protobuf, gzip-compressed by the API server: *bytes on the wire* are\n")
-			p("that, TLS included; *bytes decoded* are the bodies after decompression.\n")
+			p("that, TLS included; *bytes decoded* are the bodies after decompression, what client-go decodes.\n")
 		}
-		if len(s.informers) == 2 && s.informers[0].bytes > 0 {
-			p("\nThe unscoped informer receives %.0fx the bytes.\n", float64(s.informers[1].bytes)/float64(s.informers[0].bytes))
+		var scoped, all *informerRun
+		for i := range s.informers {
+			switch ir := &s.informers[i]; {
+			case ir.label == scopedLabel && ir.clusterPods == s.clusterPods:
+				scoped = ir
+			case ir.label != scopedLabel:
+				all = ir
+			}
+		}
+		if scoped != nil && all != nil && scoped.bytes > 0 && scoped.decoded > 0 {
+			p("\nIn the cluster of %d pods, the unscoped informer receives %.0fx the bytes and decodes %.0fx as much.\n",
+				s.clusterPods, float64(all.bytes)/float64(scoped.bytes), float64(all.decoded)/float64(scoped.decoded))
 		}
 		p("\n")
 	}
@@ -138,9 +148,9 @@ func (r *report) writeGoBench(p printer) {
 		return
 	}
 	p("`go test -run '^$' -bench . -benchmem -benchtime %s %s`, after the sandboxes are gone.\n", g.benchtime, strings.Join(goBenchPackages, " "))
-	p("`e2e/cmd/bench`'s own benchmarks drive the proxy through its exported API: `Canonicalize` and `StripListing` alone, and whole\n")
-	p("requests through a `proxy.Server` on loopback (client, proxy and upstream in one process; `BenchmarkLoopbackDirect` is the\n")
-	p("client and upstream alone, so the proxy's own cost per request is the difference).\n\n")
+	p("`e2e/cmd/bench`'s own benchmarks send whole requests through a `proxy.Server` serving a real loopback listener, to a real\n")
+	p("upstream (client, proxy and upstream in one process, through the kernel's TCP; `BenchmarkLoopbackDirect` is the client and\n")
+	p("upstream alone, so the proxy's own cost per request is the difference).\n\n")
 	if len(g.withoutBenchmarks) > 0 {
 		p("Packages without benchmarks: %s.\n\n", "`"+strings.Join(g.withoutBenchmarks, "`, `")+"`")
 	}
@@ -150,7 +160,7 @@ func (r *report) writeGoBench(p printer) {
 	}
 	if d, ok := g.find("BenchmarkLoopbackDirect"); ok {
 		if a, ok := g.find("BenchmarkLoopbackProxy/allowed"); ok {
-			p("\nmetaguard's own cost per allowed request on loopback: %s, %d B and %d allocations (proxied minus direct).\n",
+			p("\nmetaguard's own cost per allowed request on loopback: %s ns, %d B and %d allocations (proxied minus direct).\n",
 				nsHuman(a.nsPerOp-d.nsPerOp), a.bytesPerOp-d.bytesPerOp, a.allocsPerOp-d.allocsPerOp)
 		}
 	}

@@ -38,7 +38,11 @@ func fakeReport() *report {
 			{clusterPods: 250, ready: 700 * time.Millisecond, synced: 500 * time.Millisecond, mem: memory{rssKiB: 32 << 10, hwmKiB: 33 << 10}, apiBytes: 113207, podsTracked: 250},
 			{clusterPods: 150000, ready: 900 * time.Millisecond, synced: 600 * time.Millisecond, mem: memory{rssKiB: 33 << 10, hwmKiB: 34 << 10}, apiBytes: 117521, podsTracked: 250},
 		},
-		informers: []informerRun{{label: "scoped", pods: 250, bytes: 111235, took: 100 * time.Millisecond}, {label: "unscoped", pods: 150000, bytes: 22 << 20, took: 30 * time.Second}},
+		informers: []informerRun{
+			{label: scopedLabel, clusterPods: 250, pods: 250, bytes: 111235, decoded: 1 << 20, took: 100 * time.Millisecond},
+			{label: scopedLabel, clusterPods: 150000, pods: 250, bytes: 111235, decoded: 1 << 20, took: 100 * time.Millisecond},
+			{label: "unscoped", clusterPods: 150000, pods: 150000, bytes: 22 << 20, decoded: 600 << 20, took: 30 * time.Second},
+		},
 	}
 	g := &goBenchResult{benchtime: "1s", withoutBenchmarks: []string{"metaguard.dev/metaguard/proxy"}, results: []goBench{
 		{pkg: "metaguard.dev/metaguard/proxy/policy", name: "BenchmarkDecide/rules=100/_latest_meta-data_", nsPerOp: 640},
@@ -61,7 +65,8 @@ func TestReport(t *testing.T) {
 	out := render(fakeReport())
 	t.Run("every section is there", func(t *testing.T) {
 		for _, h := range []string{"## Machine and versions", "## Targets", "## Load through the proxy", "### Fast stand-in, keep-alive",
-			"### amazon-ec2-metadata-mock, keep-alive", "### Fast stand-in, a new connection per request", "## Where metaguard's CPU goes",
+			"### amazon-ec2-metadata-mock, keep-alive", "### Fast stand-in, a new connection per request", "### Fast stand-in, one request at a time",
+			"## Where metaguard's CPU goes",
 			"## Identity at scale", "## Go benchmarks"} {
 			if !strings.Contains(out, "\n"+h+"\n") {
 				t.Errorf("no %q", h)
@@ -80,8 +85,19 @@ func TestReport(t *testing.T) {
 	})
 	t.Run("ratios are those of the medians", func(t *testing.T) {
 		// Allowed: median 19100 req/s; nginx 20100, direct 40100.
-		if !strings.Contains(out, "| 3 | metaguard, allowed path | 19100 | 0.48 | 0.95 |") {
+		if !strings.Contains(out, "| 3 | metaguard, allowed path | 19100 | 0.48 | 0.95 | 0.200 |") {
 			t.Errorf("row 3 of the first table is not 19100 at 0.48x direct and 0.95x nginx:\n%s", out)
+		}
+	})
+	t.Run("the latency table shows what the proxy adds to one request", func(t *testing.T) {
+		// One at a time: direct p99 median 650, allowed 950.
+		if !strings.Contains(out, "| 3 | metaguard, allowed path | 200 | 950 | 2000 | +0 µs | +300 µs | +0 µs |") {
+			t.Errorf("row 3 of the latency table is not +300 µs at p99:\n%s", out)
+		}
+	})
+	t.Run("scoping's saving compares informers in the same cluster", func(t *testing.T) {
+		if !strings.Contains(out, "unscoped informer receives 207x the bytes and decodes 600x as much") {
+			t.Error("the scoped/unscoped comparison is missing or mixes cluster sizes")
 		}
 	})
 	t.Run("the denied row's 403s are what it measures, not errors", func(t *testing.T) {
@@ -90,7 +106,7 @@ func TestReport(t *testing.T) {
 		}
 	})
 	t.Run("the proxy's own loopback cost is proxied minus direct", func(t *testing.T) {
-		if !strings.Contains(out, "124000, 9069 B and 98 allocations") {
+		if !strings.Contains(out, "124000 ns, 9069 B and 98 allocations") {
 			t.Error("loopback difference missing or wrong")
 		}
 	})

@@ -88,6 +88,10 @@ type tableSpec struct {
 	target    target
 	keepAlive bool
 	rows      []rowKind
+	// oneAtATime tables measure latency, not throughput: one wrk thread
+	// and connection, so no request ever queues behind another and the
+	// difference to the direct row is what the proxy adds to a request.
+	oneAtATime bool
 }
 
 func loadTables() []tableSpec {
@@ -97,6 +101,8 @@ func loadTables() []tableSpec {
 		{key: "mock", title: "amazon-ec2-metadata-mock, keep-alive", target: targetMock, keepAlive: true, rows: all},
 		{key: "fast-close", title: "Fast stand-in, a new connection per request", target: targetFast, keepAlive: false,
 			rows: []rowKind{rowDirect, rowNginx, rowAllow}},
+		{key: "fast-latency", title: "Fast stand-in, one request at a time", target: targetFast, keepAlive: true, oneAtATime: true,
+			rows: []rowKind{rowDirect, rowNginx, rowAllow, rowDeny}},
 	}
 }
 

@@ -56,9 +56,10 @@ type mgScaleRun struct {
 
 // informerRun is a pods informer in this process, scoped or not.
 type informerRun struct {
-	label string
-	pods  int
-	bytes int64 // on the wire: TLS records of gzip of protobuf
+	label       string
+	clusterPods int
+	pods        int
+	bytes       int64 // on the wire: TLS records of gzip of protobuf
 	// decoded is the response bodies' bytes after decompression: what
 	// client-go decodes.
 	decoded int64
@@ -117,6 +118,9 @@ func runScale(ctx context.Context, s *sandbox.Sandbox, opts scaleOptions, logf f
 	}
 	res.runs = append(res.runs, run)
 	logf("scale: %d pods in the cluster: ready after %v, RSS %d KiB, %d bytes from the API server", opts.nodePods, run.ready, run.mem.rssKiB, run.apiBytes)
+	if err := res.addInformer(ctx, s, scopedLabel, podindex.PodFieldSelector(sandbox.NodeName), logf); err != nil {
+		return nil, err
+	}
 
 	other := func(i int) (*corev1.Pod, func(*corev1.Pod)) {
 		return workloadPod(scaleNamespace(i%opts.namespaces), fmt.Sprintf("p-%06d", i), otherNode(1+i%(opts.nodes-1)), i%500), nil
@@ -147,15 +151,12 @@ func runScale(ctx context.Context, s *sandbox.Sandbox, opts scaleOptions, logf f
 	for _, c := range []struct {
 		label, selector string
 	}{
-		{"this node's pods (spec.nodeName=" + sandbox.NodeName + ", as metaguard)", podindex.PodFieldSelector(sandbox.NodeName)},
+		{scopedLabel, podindex.PodFieldSelector(sandbox.NodeName)},
 		{"every pod in the cluster (no field selector)", ""},
 	} {
-		ir, err := informerBytes(ctx, s, c.label, c.selector)
-		if err != nil {
+		if err := res.addInformer(ctx, s, c.label, c.selector, logf); err != nil {
 			return nil, err
 		}
-		res.informers = append(res.informers, ir)
-		logf("scale: pods informer, %s: %d pods, %d bytes, synced in %v; requests: %s", c.label, ir.pods, ir.bytes, ir.took, strings.Join(ir.requests, "; "))
 	}
 	res.localPodSize, _ = podJSONSize(ctx, s, scaleNamespace(0), "local-000")
 	res.otherPodSize, _ = podJSONSize(ctx, s, scaleNamespace(opts.nodePods%opts.namespaces), fmt.Sprintf("p-%06d", opts.nodePods))
@@ -163,6 +164,25 @@ func runScale(ctx context.Context, s *sandbox.Sandbox, opts scaleOptions, logf f
 		res.apiserverRSS = m.rssKiB
 	}
 	return res, nil
+}
+
+// scopedLabel names the informer that watches what metaguard watches.
+var scopedLabel = "this node's pods (spec.nodeName=" + sandbox.NodeName + ", as metaguard)"
+
+// addInformer measures a pods informer in this process against the
+// cluster as it is now.
+func (res *scaleResult) addInformer(ctx context.Context, s *sandbox.Sandbox, label, selector string, logf func(string, ...any)) error {
+	ir, err := informerBytes(ctx, s, label, selector)
+	if err != nil {
+		return err
+	}
+	ir.clusterPods = res.opts.nodePods
+	if res.clusterPods > 0 {
+		ir.clusterPods = res.clusterPods
+	}
+	res.informers = append(res.informers, ir)
+	logf("scale: pods informer, %s, cluster of %d: %d pods, %d bytes, synced in %v; requests: %s", label, ir.clusterPods, ir.pods, ir.bytes, ir.took, strings.Join(ir.requests, "; "))
+	return nil
 }
 
 // measureMetaguard starts metaguard, reads what the scale table reports
