@@ -129,12 +129,27 @@ func Canonicalize(r *http.Request, ep *policy.Endpoint) (*CanonicalRequest, *Req
 		case c.Query.Has(key):
 			return nil, badRequest("duplicate query key " + strconvQuote(key))
 		}
+		if allowed, ok := strictValues[key]; ok && known[key] && !allowed[val] {
+			// These values pick how a response is laid out, and so which
+			// stripper examines it: a spelling the proxy does not know
+			// (recursive=TRUE, alt=Text) could make a dump pass for a
+			// listing.
+			return nil, badRequest("query value of " + strconvQuote(key) + " is not one the proxy understands")
+		}
 		c.Query[key] = []string{val}
 		c.QueryKeys = append(c.QueryKeys, key)
 	}
 	sort.Strings(c.QueryKeys)
 	c.RawQuery = c.Query.Encode()
 	return c, nil
+}
+
+// strictValues are the only values accepted for query keys that change a
+// response's layout.
+var strictValues = map[string]map[string]bool{
+	"recursive":       {"true": true, "false": true},
+	"alt":             {"json": true, "text": true},
+	"wait_for_change": {"true": true, "false": true},
 }
 
 // headerHasToken reports whether a comma-separated header has token,

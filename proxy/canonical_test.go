@@ -84,6 +84,10 @@ func TestQueriesAreCheckedAgainstTheFlavorsKeysAndReencoded(t *testing.T) {
 		{"/computeMetadata/v1/instance/id?alt=text;recursive=true", 400, ""},
 		{"/computeMetadata/v1/instance/id?alt=%zz", 400, ""},
 		{"/computeMetadata/v1/instance/id?=x", 400, ""},
+		{"/computeMetadata/v1/instance/?recursive=TRUE", 400, ""},
+		{"/computeMetadata/v1/instance/?recursive=1", 400, ""},
+		{"/computeMetadata/v1/instance/?alt=Text", 400, ""},
+		{"/computeMetadata/v1/instance/?wait_for_change=yes", 400, ""},
 	}
 	for _, tt := range tests {
 		resp, _ := h.do(plainPod, "GET", tt.target, http.Header{"Metadata-Flavor": {"Google"}})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -40,7 +41,9 @@ func newForwarder(s *Server, transport http.RoundTripper) *forwarder {
 		ModifyResponse: f.modifyResponse,
 		ErrorHandler:   f.upstreamError,
 		BufferPool:     bufferPool{},
-		ErrorLog:       nil,
+		// Errors the reverse proxy logs itself (a body copy that broke
+		// off) go to the operational log as JSON like everything else.
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	return f
 }
@@ -130,11 +133,14 @@ func (f *forwarder) modifyResponse(resp *http.Response) error {
 	}
 	keep := func(p string) bool { return ex.pol.CanRead(ex.id, ex.ep, p) }
 	q := ex.canon.Query
+	recursive := q.Get("recursive") == "true"
 	switch {
-	case strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") || (q.Get("recursive") == "true" && q.Get("alt") != "text"):
+	case isJSON(resp.Header.Get("Content-Type"), body) && q.Get("alt") != "text":
 		body, _, err = StripJSON(body, ex.canon.Path, keep)
-	case q.Get("alt") == "text":
-		body, _, err = StripText(body, ex.canon.Path, q.Get("recursive") == "true", keep)
+	case q.Get("alt") == "text" || recursive:
+		// A recursive answer that is not JSON is a text dump; StripText
+		// refuses it whole if it held a credential entry.
+		body, _, err = StripText(body, ex.canon.Path, recursive, keep)
 	default:
 		body, _ = StripListing(body, ex.canon.Path, keep)
 	}
@@ -146,6 +152,16 @@ func (f *forwarder) modifyResponse(resp *http.Response) error {
 	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
 	resp.Header.Del("Content-MD5")
 	return nil
+}
+
+// isJSON tells a JSON dump from a listing: by Content-Type when the
+// upstream sets one, else by the first byte.
+func isJSON(contentType string, body []byte) bool {
+	if strings.HasPrefix(contentType, "application/json") {
+		return true
+	}
+	b := bytes.TrimLeft(body, " \t\r\n")
+	return len(b) > 0 && (b[0] == '{' || b[0] == '[')
 }
 
 // upstreamError answers a forwarded request that failed: 504 when the

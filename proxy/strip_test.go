@@ -157,3 +157,11 @@ func TestStripListingUnit(t *testing.T) {
 		}
 	}
 }
+
+func TestRecursiveAnswerThatIsNotJSONIsStrippedAsText(t *testing.T) {
+	h := newHarness(t, "gcp", ok("computeMetadata/\n"))
+	resp, body := h.do(plainPod, "GET", "/?recursive=true", http.Header{"Metadata-Flavor": {"Google"}})
+	if resp.StatusCode != 200 || body != "computeMetadata/\n" {
+		t.Fatalf("status %d body %q: a recursive listing of / must pass when it names no credential", resp.StatusCode, body)
+	}
+}

@@ -146,6 +146,7 @@ func TestDecide(t *testing.T) {
 		// GCP.
 		{"GCP token is a credential path", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/service-accounts/default/token", nil, "deny", "gcp-readers", ReasonCredentialPath},
 		{"GCP identity is a credential path", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/service-accounts/default/identity", nil, "deny", "gcp-readers", ReasonCredentialPath},
+		{"GCP token with a trailing slash is a credential path too", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/service-accounts/default/token/", nil, "deny", "gcp-readers", ReasonCredentialPath},
 		{"GCP kube-env is a credential path", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/attributes/kube-env", nil, "deny", "gcp-readers", ReasonCredentialPath},
 		{"GCP recursive dump above credentials is stripped", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/", url.Values{"recursive": {"true"}}, "strip", "gcp-readers", ReasonCredentialsHidden},
 		{"GCP service account directory listing is stripped", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/service-accounts/default/", nil, "strip", "gcp-readers", ReasonCredentialsHidden},

@@ -48,9 +48,11 @@ var flavors = map[Flavor]flavorSpec{
 	},
 	FlavorGCP: {
 		credentialPaths: []string{
-			"/computeMetadata/v1/instance/service-accounts/*/token",
-			"/computeMetadata/v1/instance/service-accounts/*/identity",
-			"/computeMetadata/v1/instance/attributes/kube-env",
+			// "/**" so that "token/" and anything a future API puts below
+			// these is in the class too, not only the exact leaf.
+			"/computeMetadata/v1/instance/service-accounts/*/token/**",
+			"/computeMetadata/v1/instance/service-accounts/*/identity/**",
+			"/computeMetadata/v1/instance/attributes/kube-env/**",
 			// Legacy APIs that do not require Metadata-Flavor, so any SSRF
 			// can reach them: credentials as a whole.
 			"/0.1/**",
