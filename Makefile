@@ -12,7 +12,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 STATICCHECK_VERSION := v0.8.2
 # Bounded fuzzing in CI; the seed corpora also run in every plain go test.
-FUZZTIME  ?= 20s
+FUZZTIME  ?= 10s
 
 include e2e/tools/tools.mk
 
@@ -31,7 +31,7 @@ bin/fakecloud:
 bin/podclient:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./e2e/cmd/podclient
 
-test: unit e2e
+test: unit fuzz e2e
 
 unit:
 	$(GO) vet ./...
@@ -51,9 +51,18 @@ lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
+# Each target fuzzes for a bounded time (FUZZTIME scales them); the seed
+# corpora under testdata/fuzz also run in every plain go test.
+# -fuzzminimizetime 0: minimising a new input can eat the whole budget.
+FUZZ = $(GO) test -run '^$$' -fuzzminimizetime 0
 fuzz:
-	$(GO) test -run XXX -fuzz FuzzForwardedPathIsTheMatchedPath -fuzztime $(FUZZTIME) ./proxy
-	$(GO) test -run XXX -fuzz FuzzStripNeverLeaksAHiddenEntry -fuzztime $(FUZZTIME) ./proxy
+	$(FUZZ) -fuzz '^FuzzForwardedPathIsTheMatchedPath$$' -fuzztime $(FUZZTIME) ./proxy
+	$(FUZZ) -fuzz '^FuzzCanonicalize$$' -fuzztime $(FUZZTIME) ./proxy
+	$(FUZZ) -fuzz '^FuzzStripNeverLeaksAHiddenEntry$$' -fuzztime $(FUZZTIME) ./proxy
+	$(FUZZ) -fuzz '^FuzzStripTextNeverLeaksAHiddenEntry$$' -fuzztime $(FUZZTIME) ./proxy
+	$(FUZZ) -fuzz '^FuzzStripJSONIsValidAndIdempotent$$' -fuzztime $(FUZZTIME) ./proxy
+	$(FUZZ) -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./proxy/policy
+	$(FUZZ) -fuzz '^FuzzCanonicalPath$$' -fuzztime $(FUZZTIME) ./proxy/policy
 
 ENGINE ?= $(shell command -v docker || command -v podman)
 
