@@ -106,6 +106,10 @@ func (r *report) writeScale(p printer) {
 				all = ir
 			}
 		}
+		if small := s.informers[0]; scoped != nil && small.label == scopedLabel && small.clusterPods < scoped.clusterPods && small.bytes > 0 {
+			p("\nThe scoped informer decodes %s in the small cluster and %s in the large one; on the wire it received %s and %s.\n",
+				bytesHuman(small.decoded), bytesHuman(scoped.decoded), bytesHuman(small.bytes), bytesHuman(scoped.bytes))
+		}
 		if scoped != nil && all != nil && scoped.bytes > 0 && scoped.decoded > 0 {
 			p("\nIn the cluster of %d pods, the unscoped informer receives %.0fx the bytes and decodes %.0fx as much.\n",
 				s.clusterPods, float64(all.bytes)/float64(scoped.bytes), float64(all.decoded)/float64(scoped.decoded))
