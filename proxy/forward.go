@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -28,7 +27,7 @@ type forwarder struct {
 
 func newForwarder(s *Server, transport http.RoundTripper) *forwarder {
 	if transport == nil {
-		transport = newTransport()
+		transport = newUpstreamTransport()
 	}
 	f := &forwarder{s: s}
 	f.rp = &httputil.ReverseProxy{
@@ -46,22 +45,6 @@ func newForwarder(s *Server, transport http.RoundTripper) *forwarder {
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	return f
-}
-
-// newTransport is an upstream transport with every limit set, and no
-// proxy from the environment: an HTTP_PROXY variable must never route a
-// pod's credentials somewhere else.
-func newTransport() *http.Transport {
-	return &http.Transport{
-		Proxy:                  nil,
-		DialContext:            (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:           512,
-		MaxIdleConnsPerHost:    256,
-		IdleConnTimeout:        60 * time.Second,
-		DisableCompression:     true,
-		MaxResponseHeaderBytes: 64 << 10,
-		ForceAttemptHTTP2:      false,
-	}
 }
 
 func (f *forwarder) forward(rw *recorder, r *http.Request, ex *exchange) {
