@@ -197,7 +197,7 @@ func (b *bench) runSession(ctx context.Context, res *loadResult, round int, sess
 		if sess == sessMetaguardAudit {
 			audit = filepath.Join(b.dir, fmt.Sprintf("audit-round%d.jsonl", round))
 		}
-		mg, err := b.startMetaguard(ctx, b.s.BinDir()+"/metaguard", audit)
+		mg, err := b.startMetaguard(ctx, audit)
 		if err != nil {
 			return err
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -15,28 +14,14 @@ import (
 // metricsAddr is metaguard's default --metrics-listen, seen from the node.
 const metricsAddr = "127.0.0.1:9181"
 
-// startMetaguard runs metaguard on the node with the load policy. bin is
-// bin/metaguard, or another build of it (the profile's, with symbols).
-// Rules go on exit, so that rows 1 and 2 of the next round see none.
-func (b *bench) startMetaguard(ctx context.Context, bin, audit string) (*sandbox.Process, error) {
+// startMetaguard runs metaguard on the node with the load policy. Rules
+// go on exit, so that rows 1 and 2 of the next round see none.
+func (b *bench) startMetaguard(ctx context.Context, audit string) (*sandbox.Process, error) {
 	args := []string{"--config=" + b.policy, "--audit-log=" + audit, "--cleanup-on-exit=true", "--log-level=warn"}
 	if b.iptable == "iptables-nft" {
 		args = append(args, "--iptables-mode=nft")
 	}
-	if bin == filepath.Join(b.s.BinDir(), "metaguard") {
-		return b.s.StartMetaguard(ctx, args...)
-	}
-	// StartMetaguard's own steps, with another binary.
-	kubeconfig, err := b.s.ServiceAccountKubeconfig(ctx, sandbox.MetaguardNamespace, sandbox.MetaguardServiceAccount)
-	if err != nil {
-		return nil, err
-	}
-	p, err := b.s.StartProcess(b.s.NodeNetns(), bin, append([]string{"run",
-		"--node-name=" + sandbox.NodeName, "--host-ip=" + sandbox.HostIP.String(), "--kubeconfig=" + kubeconfig}, args...)...)
-	if err != nil {
-		return nil, err
-	}
-	return p, b.s.WaitReady(ctx, p, metricsAddr)
+	return b.s.StartMetaguard(ctx, args...)
 }
 
 // stopMetaguard stops it and checks that its rules went with it.

@@ -153,6 +153,14 @@ func TestParsePerf(t *testing.T) {
 			}
 		}
 	})
+	t.Run("a transport's goroutines add up, as they do not nest", func(t *testing.T) {
+		loops := "    12.70%  0.10%  [.] net/http.(*persistConn).readLoop\n    13.70%  0.10%  [.] net/http.(*persistConn).writeLoop\n"
+		for _, s := range keyStages(parsePerf([]byte(loops), true)) {
+			if strings.Contains(s.name, "own goroutines") && math.Abs(s.pct-26.4) > 1e-9 {
+				t.Errorf("%s: %v, want 26.4", s.name, s.pct)
+			}
+		}
+	})
 	t.Run("self time groups by where the code lives", func(t *testing.T) {
 		g := groupSelf(parsePerf([]byte(self), false))
 		if g[0].name != "kernel (syscalls, TCP/IP, netfilter, scheduler)" || g[0].pct != 29.2 {

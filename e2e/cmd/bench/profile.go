@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -34,21 +33,14 @@ type perfLine struct {
 	pct    float64
 }
 
-// profileAllowed builds metaguard with its symbol table (bin/metaguard is
-// stripped), runs it as in row 3 and samples it with perf while wrk
-// loads the allowed path.
+// profileAllowed runs metaguard as in row 3 and samples it with perf while
+// wrk loads the allowed path; the run's build keeps its symbol table.
 func (b *bench) profileAllowed(ctx context.Context) (*profileResult, error) {
 	perf, err := lookTool("perf")
 	if err != nil {
 		return nil, fmt.Errorf("perf is not installed (apt-get install -y linux-perf): no profile")
 	}
-	bin := filepath.Join(b.dir, "metaguard-symbols")
-	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./cmd/metaguard")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("building metaguard with symbols: %w: %s", err, out)
-	}
-	mg, err := b.startMetaguard(ctx, bin, "/dev/null")
+	mg, err := b.startMetaguard(ctx, "/dev/null")
 	if err != nil {
 		return nil, err
 	}
@@ -109,36 +101,51 @@ func (b *bench) profileAllowed(ctx context.Context) (*profileResult, error) {
 }
 
 // keyFunctions are the stages of a request and the runtime's overheads,
-// by the symbol (or symbol prefix) that contains them.
-var keyFunctions = []struct{ label, prefix string }{
-	{"serving pod connections: read and parse requests, run the handler, write responses (`net/http.(*conn).serve`)", "net/http.(*conn).serve"},
-	{"metaguard's handler, forwarding included (`proxy.(*Server).ServeHTTP`)", "metaguard.dev/metaguard/proxy.(*Server).ServeHTTP"},
-	{"forwarding (`httputil.(*ReverseProxy).ServeHTTP`)", "net/http/httputil.(*ReverseProxy).ServeHTTP"},
-	{"upstream transport, writing requests (`http.(*persistConn).writeLoop`)", "net/http.(*persistConn).writeLoop"},
-	{"upstream transport, reading responses (`http.(*persistConn).readLoop`)", "net/http.(*persistConn).readLoop"},
-	{"identity lookup (`podindex.(*Index).Lookup`)", "metaguard.dev/metaguard/identity/podindex.(*Index).Lookup"},
-	{"canonicalisation (`proxy.Canonicalize`)", "metaguard.dev/metaguard/proxy.Canonicalize"},
-	{"decision (`policy.(*Policy).Decide`)", "metaguard.dev/metaguard/proxy/policy.(*Policy).Decide"},
-	{"audit line (`proxy.(*auditLog).write`)", "metaguard.dev/metaguard/proxy.(*auditLog).write"},
-	{"request metrics (prometheus `WithLabelValues`, `Inc`, `Observe`)", "github.com/prometheus/client_golang/prometheus.(*"},
-	{"garbage collection, background (`runtime.gcBgMarkWorker`)", "runtime.gcBgMarkWorker"},
-	{"allocation (`runtime.mallocgc`)", "runtime.mallocgc"},
-	{"goroutine scheduling (`runtime.schedule`)", "runtime.schedule"},
-	{"syscalls (kernel `entry_SYSCALL_64`)", "entry_SYSCALL_64"},
+// by the symbols (or symbol prefixes) that contain them. A stage is the
+// largest share among its symbols (the outermost call holds its callees),
+// or with sum, their total: goroutines of their own do not nest.
+var keyFunctions = []struct {
+	label    string
+	prefixes []string
+	sum      bool
+}{
+	{"serving pod connections: read and parse requests, run the handler, write responses (`net/http.(*conn).serve`)", []string{"net/http.(*conn).serve"}, false},
+	{"metaguard's handler, forwarding included (`proxy.(*Server).ServeHTTP`)", []string{"metaguard.dev/metaguard/proxy.(*Server).ServeHTTP"}, false},
+	{"forwarding (`httputil.(*ReverseProxy).ServeHTTP`)", []string{"net/http/httputil.(*ReverseProxy).ServeHTTP"}, false},
+	{"the upstream round trip on the handler's goroutine (`proxy.(*upstreamTransport).RoundTrip`, or `http.(*Transport).roundTrip`)",
+		[]string{"metaguard.dev/metaguard/proxy.(*upstreamTransport).RoundTrip", "net/http.(*Transport).roundTrip"}, false},
+	{"an http.Transport's own goroutines (`http.(*persistConn).readLoop`, `writeLoop`; none with an inline transport)",
+		[]string{"net/http.(*persistConn).readLoop", "net/http.(*persistConn).writeLoop"}, true},
+	{"identity lookup (`podindex.(*Index).Lookup`)", []string{"metaguard.dev/metaguard/identity/podindex.(*Index).Lookup"}, false},
+	{"canonicalisation (`proxy.Canonicalize`)", []string{"metaguard.dev/metaguard/proxy.Canonicalize"}, false},
+	{"decision (`policy.(*Policy).Decide`)", []string{"metaguard.dev/metaguard/proxy/policy.(*Policy).Decide"}, false},
+	{"audit line (`proxy.(*auditLog).write`)", []string{"metaguard.dev/metaguard/proxy.(*auditLog).write"}, false},
+	{"request metrics (prometheus `WithLabelValues`, `Inc`, `Observe`)", []string{"github.com/prometheus/client_golang/prometheus.(*"}, false},
+	{"garbage collection, background (`runtime.gcBgMarkWorker`)", []string{"runtime.gcBgMarkWorker"}, false},
+	{"allocation (`runtime.mallocgc`)", []string{"runtime.mallocgc"}, false},
+	{"goroutine scheduling (`runtime.schedule`)", []string{"runtime.schedule"}, false},
+	{"syscalls (kernel `entry_SYSCALL_64`)", []string{"entry_SYSCALL_64"}, false},
 }
 
-// keyStages is each key function's inclusive share: the largest among the
-// symbols it names, the outermost call holding its callees.
+// keyStages is each key function's inclusive share.
 func keyStages(children []perfLine) []perfLine {
 	var out []perfLine
 	for _, k := range keyFunctions {
-		best := 0.0
-		for _, l := range children {
-			if strings.HasPrefix(l.name, k.prefix) && l.pct > best {
-				best = l.pct
+		var share float64
+		for _, prefix := range k.prefixes {
+			best := 0.0
+			for _, l := range children {
+				if strings.HasPrefix(l.name, prefix) && l.pct > best {
+					best = l.pct
+				}
+			}
+			if k.sum {
+				share += best
+			} else {
+				share = max(share, best)
 			}
 		}
-		out = append(out, perfLine{name: k.label, pct: best})
+		out = append(out, perfLine{name: k.label, pct: share})
 	}
 	return out
 }

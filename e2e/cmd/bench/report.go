@@ -44,7 +44,7 @@ func (r *report) writeMachine(p printer) {
 	if l := r.load; l != nil {
 		p("| load average before / after the load phase | %s / %s |\n", l.startLoad, l.endLoad)
 	}
-	p("| Go | %s |\n| metaguard | %s (checkout `%s`) |\n| nginx | %s |\n| wrk | %s |\n| kube-apiserver | %s |\n| amazon-ec2-metadata-mock | %s |\n| perf | %s |\n\n",
+	p("| Go | %s |\n| metaguard | %s (built by the benchmark from the checkout, with its symbol table; checkout `%s` at the start) |\n| nginx | %s |\n| wrk | %s |\n| kube-apiserver | %s |\n| amazon-ec2-metadata-mock | %s |\n| perf | %s |\n\n",
 		m.goVersion, m.metaguard, m.gitDescribe, m.nginx, m.wrk, m.apiserver, m.mock, m.perf)
 }
 

@@ -24,7 +24,7 @@ func (r *report) writeProfile(p printer) {
 		p("Not available: %s.\n\n", prof.err)
 		return
 	}
-	p("metaguard built with its symbol table (`bin/metaguard` is stripped), run as in row 3 (fast stand-in, keep-alive) at %.0f req/s,\n", prof.rps)
+	p("The rows' metaguard build (it keeps its symbol table), run as in row 3 (fast stand-in, keep-alive) at %.0f req/s,\n", prof.rps)
 	p("sampled by `perf record -e cpu-clock -F 999 -g` for about %d samples. Go keeps frame pointers, so the call chains are whole.\n", prof.samples)
 	p("Kernel time inside a syscall is attributed to the syscall path; on this VM much of it lands on the symbol where interrupts are\n")
 	p("re-enabled, so read the kernel lines by their callers (the inclusive table).\n\n")
