@@ -233,11 +233,20 @@ func TestFloodHitsTheRateLimit(t *testing.T) {
 	if !v.ok() {
 		t.Errorf("the neighbour was limited too: %v, %d errors", v.statuses, v.errors)
 	}
+	// Audit lines are written in batches: wait for the last one.
 	limited := 0
-	for _, l := range n.audit() {
-		if l.Reason == "rate-limited" && l.Pod == "flooder" {
-			limited++
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		limited = 0
+		for _, l := range n.audit() {
+			if l.Reason == "rate-limited" && l.Pod == "flooder" {
+				limited++
+			}
 		}
+		if limited >= statuses[429] || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if limited != statuses[429] {
 		t.Errorf("%d audit lines say rate-limited, want %d", limited, statuses[429])

@@ -80,6 +80,7 @@ type harness struct {
 	pol      atomic.Pointer[policy.Policy]
 	endpoint atomic.Pointer[netip.AddrPort]
 	srv      *Server
+	stop     func() // stops Serve and waits for it; idempotent
 }
 
 type syncBuffer struct {
@@ -167,12 +168,13 @@ func newHarnessPolicy(t *testing.T, flavor, extra string, h http.HandlerFunc, mu
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx, ln) }()
-	t.Cleanup(func() {
+	hs.stop = sync.OnceFunc(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
 		}
 	})
+	t.Cleanup(hs.stop)
 	return hs
 }
 

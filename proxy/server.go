@@ -30,6 +30,10 @@ type Config struct {
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
 	// Audit receives one JSON line per request. Nil discards them.
 	Audit io.Writer
+	// AuditFlushInterval batches audit lines and writes them this often
+	// (and when 64 KiB are pending, and when Serve returns). Zero writes
+	// every line as it is made.
+	AuditFlushInterval time.Duration
 	// Log is the operational logger. Nil discards.
 	Log *slog.Logger
 	// Registerer receives the request-path metrics. Nil registers none.
@@ -69,12 +73,13 @@ const (
 
 // Server is the metadata proxy: an http.Handler plus its listener limits.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	audit   *auditLog
-	m       *metrics
-	rp      *forwarder
-	limiter *podLimiter
+	cfg      Config
+	log      *slog.Logger
+	audit    *auditLog
+	m        *metrics
+	rp       *forwarder
+	limiter  *podLimiter
+	auditBuf *bufferedAudit // nil when lines are written as they are made
 }
 
 // New builds a Server.
@@ -105,7 +110,13 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, audit: newAuditLog(cfg.Audit), m: m, limiter: newPodLimiter()}
+	s := &Server{cfg: cfg, log: log, m: m, limiter: newPodLimiter()}
+	auditDst := cfg.Audit
+	if cfg.AuditFlushInterval > 0 {
+		s.auditBuf = newBufferedAudit(cfg.Audit, log)
+		auditDst = s.auditBuf
+	}
+	s.audit = newAuditLog(auditDst)
 	s.rp = newForwarder(s, cfg.Transport)
 	return s, nil
 }
@@ -131,6 +142,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		maxPerSrc:   s.cfg.MaxConnsPerSource,
 		m:           s.m,
 		bySrc:       map[netip.Addr]int{},
+	}
+	if s.auditBuf != nil {
+		// The flusher outlives the HTTP server: its final flush runs
+		// after Shutdown has let every request finish.
+		fctx, fcancel := context.WithCancel(context.Background())
+		flushed := make(chan struct{})
+		go func() { defer close(flushed); s.auditBuf.run(fctx, s.cfg.AuditFlushInterval) }()
+		defer func() { fcancel(); <-flushed }()
 	}
 	done := make(chan struct{})
 	stopped := make(chan struct{})

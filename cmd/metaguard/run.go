@@ -40,6 +40,7 @@ type runOptions struct {
 	cleanupOnExit   bool
 	identityWait    time.Duration
 	auditLog        string
+	auditFlush      time.Duration
 	logLevel        string
 	upstreamTimeout time.Duration
 	reloadInterval  time.Duration
@@ -62,6 +63,7 @@ func (o *runOptions) AddFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "remove the rules on exit (default keeps them: pods stay cut off from the IMDS while metaguard restarts)")
 	fs.DurationVar(&o.identityWait, "identity-wait", time.Second, "how long a request from an unknown source IP waits for its pod to appear in the cache")
 	fs.StringVar(&o.auditLog, "audit-log", "-", "audit log destination: - for stdout, or a file (appended; reopened on SIGHUP)")
+	fs.DurationVar(&o.auditFlush, "audit-flush-interval", 100*time.Millisecond, "audit lines are written in batches this often (0: each line as it is made, one write per request)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "operational log level: debug, info, warn, error")
 	fs.DurationVar(&o.upstreamTimeout, "upstream-timeout", 10*time.Second, "bound on one forwarded request (GCP long polls get their timeout_sec on top)")
 	fs.DurationVar(&o.reloadInterval, "reload-interval", time.Second, "how often the policy file is checked for changes")
@@ -104,7 +106,7 @@ func (o *runOptions) validate() (runConfig, error) {
 	if err := c.level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return c, usageErr("--log-level: %v", err)
 	}
-	if o.identityWait < 0 || o.syncPeriod <= 0 || o.upstreamTimeout <= 0 || o.reloadInterval <= 0 {
+	if o.identityWait < 0 || o.auditFlush < 0 || o.syncPeriod <= 0 || o.upstreamTimeout <= 0 || o.reloadInterval <= 0 {
 		return c, usageErr("durations must be positive (--identity-wait may be 0)")
 	}
 	return c, nil
@@ -169,13 +171,14 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 
 	srv, err := proxy.New(proxy.Config{
-		Policy:          store.Current,
-		Identities:      index,
-		OriginalDst:     originalDst(o.iptables),
-		Audit:           audit,
-		Log:             log,
-		Registerer:      reg,
-		UpstreamTimeout: o.upstreamTimeout,
+		Policy:             store.Current,
+		Identities:         index,
+		OriginalDst:        originalDst(o.iptables),
+		Audit:              audit,
+		AuditFlushInterval: o.auditFlush,
+		Log:                log,
+		Registerer:         reg,
+		UpstreamTimeout:    o.upstreamTimeout,
 	})
 	if err != nil {
 		return err
