@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -158,13 +159,23 @@ func (f *forwarder) upstreamError(w http.ResponseWriter, r *http.Request, err er
 	f.s.m.upstreamErrors.WithLabelValues(ex.ep.Name).Inc()
 	status, what := http.StatusBadGateway, "upstream failed"
 	switch {
-	case errors.Is(err, context.DeadlineExceeded):
+	case timedOut(r.Context(), err):
 		status, what = http.StatusGatewayTimeout, "upstream timed out"
 	case errors.Is(err, errUnstrippable):
 		what = "upstream response could not be stripped safely"
 	}
 	f.s.log.Warn("upstream request failed", "endpoint", ex.ep.Name, "path", ex.canon.Path, "error", err)
 	writeLine(w, status, "metaguard: "+what)
+}
+
+// timedOut tells whether a forwarded request failed because its deadline
+// passed. A connect cut short by the deadline can surface as the poller's
+// os.ErrDeadlineExceeded rather than context.DeadlineExceeded, so the
+// request's own context is the final word.
+func timedOut(ctx context.Context, err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.Is(ctx.Err(), context.DeadlineExceeded)
 }
 
 // limitedBody stops relaying a response after a bound; the client sees a

@@ -1,10 +1,15 @@
 package proxy
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -154,5 +159,28 @@ func TestLongPollIsCancelledWhenTheClientGoes(t *testing.T) {
 	case <-cancelled:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the upstream long poll was not cancelled after the client left")
+	}
+}
+
+func TestTimedOutRecognisesEverySpellingOfADeadline(t *testing.T) {
+	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	live := context.Background()
+	connectCut := &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want bool
+	}{
+		{"context deadline", live, fmt.Errorf("x: %w", context.DeadlineExceeded), true},
+		{"connect cut short by the poller", live, fmt.Errorf("dialing upstream: %w", connectCut), true},
+		{"the request's deadline passed, whatever the error", expired, errors.New("connection reset"), true},
+		{"refused", live, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, false},
+		{"cancelled by the client", live, context.Canceled, false},
+	} {
+		if got := timedOut(tc.ctx, tc.err); got != tc.want {
+			t.Errorf("%s: timedOut = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
