@@ -74,6 +74,11 @@ func (s *Sandbox) Apply(ctx context.Context, manifests []byte) error {
 	}
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(s.client.Discovery()))
 	for _, obj := range objs {
+		if env := metaguardGoEnv(obj); env != nil {
+			s.mu.Lock()
+			s.goEnv = env
+			s.mu.Unlock()
+		}
 		gvk := obj.GroupVersionKind()
 		mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 		if err != nil {
@@ -191,4 +196,33 @@ func (s *Sandbox) ensureServiceAccount(ctx context.Context, namespace, name stri
 		return fmt.Errorf("creating service account %s/%s: %w", namespace, name, err)
 	}
 	return nil
+}
+
+// metaguardGoEnv returns the Go runtime settings (GOGC, GOMEMLIMIT,
+// GOMAXPROCS, ...) that metaguard's DaemonSet gives its container as
+// literal values, or nil when obj is not that DaemonSet. StartMetaguard
+// runs metaguard with them, so the e2e, the demo and the benchmark
+// measure the runtime tuning that ships.
+func metaguardGoEnv(obj *unstructured.Unstructured) []string {
+	if obj.GetKind() != "DaemonSet" || obj.GetName() != MetaguardServiceAccount {
+		return nil
+	}
+	containers, _, _ := unstructured.NestedSlice(obj.Object, "spec", "template", "spec", "containers")
+	env := []string{}
+	for _, c := range containers {
+		c, _ := c.(map[string]any)
+		if name, _ := c["name"].(string); name != "metaguard" {
+			continue
+		}
+		vars, _ := c["env"].([]any)
+		for _, v := range vars {
+			v, _ := v.(map[string]any)
+			name, _ := v["name"].(string)
+			value, ok := v["value"].(string)
+			if ok && strings.HasPrefix(name, "GO") {
+				env = append(env, name+"="+value)
+			}
+		}
+	}
+	return env
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -22,7 +23,8 @@ const (
 // StartMetaguard runs `bin/metaguard run` in the node namespace as node-a
 // with --host-ip HostIP and a kubeconfig holding a token of the metaguard
 // ServiceAccount (apply deploy/base first), plus args (--config, ...;
-// later flags win). It returns once /readyz on the metrics port answers
+// later flags win), and with the Go runtime settings of the applied
+// DaemonSet (GOGC, GOMEMLIMIT, GOMAXPROCS). It returns once /readyz on the metrics port answers
 // 200, or with an error carrying the end of metaguard's log.
 func (s *Sandbox) StartMetaguard(ctx context.Context, args ...string) (*Process, error) {
 	kubeconfig, err := s.ServiceAccountKubeconfig(ctx, MetaguardNamespace, MetaguardServiceAccount)
@@ -35,7 +37,10 @@ func (s *Sandbox) StartMetaguard(ctx context.Context, args ...string) (*Process,
 		"--host-ip=" + HostIP.String(),
 		"--kubeconfig=" + kubeconfig,
 	}, args...)
-	p, err := s.startNamed(s.nodeNetns(), "metaguard", filepath.Join(s.binDir, "metaguard"), argv...)
+	s.mu.Lock()
+	env := slices.Clone(s.goEnv)
+	s.mu.Unlock()
+	p, err := s.startProc(procSpec{netns: s.nodeNetns(), name: "metaguard", path: filepath.Join(s.binDir, "metaguard"), args: argv, env: env})
 	if err != nil {
 		return nil, err
 	}

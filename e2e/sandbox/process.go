@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -109,7 +110,7 @@ func (s *Sandbox) startProc(spec procSpec) (*Process, error) {
 	s.mu.Lock()
 	s.procs = append(s.procs, p)
 	s.mu.Unlock()
-	s.logf("started %s (pid %d) in %s: %s", name, p.cmd.Process.Pid, orRoot(netns), strings.Join(argv, " "))
+	s.logf("started %s (pid %d) in %s: %s", name, p.cmd.Process.Pid, orRoot(netns), strings.Join(append(slices.Clone(spec.env), argv...), " "))
 	return p, nil
 }
 

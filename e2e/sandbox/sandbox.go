@@ -78,6 +78,7 @@ type Sandbox struct {
 
 	mu      sync.Mutex
 	closed  bool
+	goEnv   []string // the Go runtime settings of the applied DaemonSet
 	netns   []string
 	procs   []*Process
 	names   map[string]bool
