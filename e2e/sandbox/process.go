@@ -44,10 +44,6 @@ func (s *Sandbox) StartProcess(netns, path string, args ...string) (*Process, er
 	return s.startProc(procSpec{netns: netns, name: filepath.Base(path), path: path, args: args})
 }
 
-func (s *Sandbox) startNamed(netns, name, path string, args ...string) (*Process, error) {
-	return s.startProc(procSpec{netns: netns, name: name, path: path, args: args})
-}
-
 // procSpec is a process to start; env entries are added to the test
 // process's environment.
 type procSpec struct {
