@@ -95,11 +95,14 @@ func TestAPIServerOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	created := time.Now()
-	// client-go's reflector retries the lost watch with exponential
-	// backoff (0.8 s doubling to 30 s, each with up to 100 % jitter), so
-	// after a 30 s outage the relist can come up to a minute later.
-	eventually(t, 90*time.Second, func() bool { return n.get(newcomer, instanceID, nil).status == 200 })
+	// metaguard retries the lost watch itself, at most 12 s apart
+	// (client-go's own backoff would wait up to a minute); the rest is
+	// margin for a loaded machine.
+	eventually(t, 30*time.Second, func() bool { return n.get(newcomer, instanceID, nil).status == 200 })
 	allowedAfter := time.Since(created)
+	if errs := metric(n.metrics(), "metaguard_identity_watch_errors_total", map[string]string{"resource": "pods"}); errs == 0 {
+		t.Error("metaguard_identity_watch_errors_total{resource=\"pods\"} did not count the outage")
+	}
 	for _, p := range []*sandbox.Pod{web, batch} {
 		want := map[*sandbox.Pod]int{web: 200, batch: 403}[p]
 		if r := n.get(p, instanceID, nil); r.status != want {

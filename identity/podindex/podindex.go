@@ -13,9 +13,12 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -131,16 +134,40 @@ func New(client kubernetes.Interface, opts Options, reg prometheus.Registerer) (
 	}
 
 	selector := PodFieldSelector(opts.NodeName)
+	// The factories own start, shutdown and the transforms; the informers
+	// are built here to put a retrying list-watch under them.
 	x.podFactory = informers.NewSharedInformerFactoryWithOptions(client, 0,
-		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.FieldSelector = selector }),
 		informers.WithTransform(slimPod),
 	)
 	x.nsFactory = informers.NewSharedInformerFactoryWithOptions(client, 0,
 		informers.WithTransform(slimNamespace),
 	)
 
-	podInformer := x.podFactory.Core().V1().Pods().Informer()
-	nsInformer := x.nsFactory.Core().V1().Namespaces().Informer()
+	pods, namespaces := client.CoreV1().Pods(metav1.NamespaceAll), client.CoreV1().Namespaces()
+	podInformer := x.podFactory.InformerFor(&corev1.Pod{}, func(kubernetes.Interface, time.Duration) cache.SharedIndexInformer {
+		lw := &cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				o.FieldSelector = selector
+				return pods.List(ctx, o)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				o.FieldSelector = selector
+				return pods.Watch(ctx, o)
+			},
+		}
+		return cache.NewSharedIndexInformerWithOptions(newRetryingListWatch(lw, client, resourcePods, m, x.log), &corev1.Pod{}, cache.SharedIndexInformerOptions{})
+	})
+	nsInformer := x.nsFactory.InformerFor(&corev1.Namespace{}, func(kubernetes.Interface, time.Duration) cache.SharedIndexInformer {
+		lw := &cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return namespaces.List(ctx, o)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return namespaces.Watch(ctx, o)
+			},
+		}
+		return cache.NewSharedIndexInformerWithOptions(newRetryingListWatch(lw, client, resourceNamespaces, m, x.log), &corev1.Namespace{}, cache.SharedIndexInformerOptions{})
+	})
 	if err := podInformer.SetWatchErrorHandlerWithContext(x.watchErrorHandler(resourcePods)); err != nil {
 		return nil, fmt.Errorf("setting pods watch error handler: %w", err)
 	}
