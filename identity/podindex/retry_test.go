@@ -94,7 +94,6 @@ func TestAnswersFromAWorkingAPIServerGoToTheReflector(t *testing.T) {
 		apierrors.NewForbidden(gr, "", errors.New("RBAC")),
 		apierrors.NewUnauthorized("token expired"),
 		apierrors.NewResourceExpired("too old resource version"),
-		apierrors.NewGone("compacted"),
 		apierrors.NewBadRequest("field selector"),
 	} {
 		lw, calls := scriptedListWatch(err)
