@@ -64,7 +64,18 @@ func TestRolloutAuditSuggestEnforce(t *testing.T) {
 
 	replay(200, "audit mode")
 	sdk("audit mode")
-	lines := n.waitAudit(len(traffic))
+	// Audit lines are written in batches: wait for the SDK's last request
+	// (its role's credentials) to be on disk before suggest reads the log.
+	var lines []auditLine
+	eventually(t, 5*time.Second, func() bool {
+		lines = n.audit()
+		for _, l := range lines {
+			if p, ok := strings.CutPrefix(l.Path, "/latest/meta-data/iam/security-credentials/"); ok && p != "" {
+				return len(lines) >= len(traffic)
+			}
+		}
+		return false
+	})
 	audited := 0
 	for _, l := range lines {
 		if l.Decision == "audit-deny" {
