@@ -2,14 +2,17 @@ package policy
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 )
 
 // compiler turns a fileSpec into a Policy, collecting every problem with
@@ -257,6 +260,15 @@ func (c *compiler) allow(path fieldPath, s *allowSpec) (allowEntry, bool) {
 func (c *compiler) selector(path fieldPath, s *selectorSpec) labels.Selector {
 	if s == nil {
 		return labels.Everything()
+	}
+	// LabelSelectorAsSelector walks matchLabels in map order and stops at
+	// the first bad entry; checking them in key order first makes the
+	// error the same on every run.
+	for _, k := range slices.Sorted(maps.Keys(s.MatchLabels)) {
+		if _, err := labels.NewRequirement(k, selection.Equals, []string{s.MatchLabels[k]}); err != nil {
+			c.fail(path, "%v", err)
+			return labels.Nothing()
+		}
 	}
 	ls := &metav1.LabelSelector{MatchLabels: s.MatchLabels}
 	for _, r := range s.MatchExpressions {
