@@ -74,11 +74,6 @@ func (s *Sandbox) Apply(ctx context.Context, manifests []byte) error {
 	}
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(s.client.Discovery()))
 	for _, obj := range objs {
-		if env := metaguardGoEnv(obj); env != nil {
-			s.mu.Lock()
-			s.goEnv = env
-			s.mu.Unlock()
-		}
 		gvk := obj.GroupVersionKind()
 		mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 		if err != nil {
@@ -198,29 +193,34 @@ func (s *Sandbox) ensureServiceAccount(ctx context.Context, namespace, name stri
 	return nil
 }
 
-// metaguardGoEnv returns the Go runtime settings (GOGC, GOMEMLIMIT,
-// GOMAXPROCS, ...) that metaguard's DaemonSet gives its container as
-// literal values, or nil when obj is not that DaemonSet. StartMetaguard
-// runs metaguard with them, so the e2e, the demo and the benchmark
-// measure the runtime tuning that ships.
-func metaguardGoEnv(obj *unstructured.Unstructured) []string {
-	if obj.GetKind() != "DaemonSet" || obj.GetName() != MetaguardServiceAccount {
-		return nil
+// shippedGoEnv returns the Go runtime settings (GOGC, GOMEMLIMIT,
+// GOMAXPROCS, ...) that the applied metaguard DaemonSet gives its
+// container as literal values; none when it was not applied.
+// StartMetaguard runs metaguard with them, so the e2e, the demo and the
+// benchmark measure the runtime tuning that ships.
+func (s *Sandbox) shippedGoEnv(ctx context.Context) ([]string, error) {
+	ds, err := s.client.AppsV1().DaemonSets(MetaguardNamespace).Get(ctx, metaguardDaemonSet, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
 	}
-	containers, _, _ := unstructured.NestedSlice(obj.Object, "spec", "template", "spec", "containers")
-	env := []string{}
-	for _, c := range containers {
-		c, _ := c.(map[string]any)
-		if name, _ := c["name"].(string); name != "metaguard" {
+	if err != nil {
+		return nil, fmt.Errorf("reading metaguard's DaemonSet: %w", err)
+	}
+	return goRuntimeEnv(ds.Spec.Template.Spec), nil
+}
+
+// goRuntimeEnv is the literal GO* env of the metaguard container. NODE_NAME
+// and HOST_IP come from the downward API, which the sandbox answers with
+// flags instead.
+func goRuntimeEnv(spec corev1.PodSpec) []string {
+	var env []string
+	for _, c := range spec.Containers {
+		if c.Name != "metaguard" {
 			continue
 		}
-		vars, _ := c["env"].([]any)
-		for _, v := range vars {
-			v, _ := v.(map[string]any)
-			name, _ := v["name"].(string)
-			value, ok := v["value"].(string)
-			if ok && strings.HasPrefix(name, "GO") {
-				env = append(env, name+"="+value)
+		for _, e := range c.Env {
+			if e.ValueFrom == nil && strings.HasPrefix(e.Name, "GO") {
+				env = append(env, e.Name+"="+e.Value)
 			}
 		}
 	}

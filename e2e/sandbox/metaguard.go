@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +17,7 @@ import (
 const (
 	MetaguardNamespace      = "metaguard"
 	MetaguardServiceAccount = "metaguard"
+	metaguardDaemonSet      = "metaguard"
 )
 
 // StartMetaguard runs `bin/metaguard run` in the node namespace as node-a
@@ -37,9 +37,10 @@ func (s *Sandbox) StartMetaguard(ctx context.Context, args ...string) (*Process,
 		"--host-ip=" + HostIP.String(),
 		"--kubeconfig=" + kubeconfig,
 	}, args...)
-	s.mu.Lock()
-	env := slices.Clone(s.goEnv)
-	s.mu.Unlock()
+	env, err := s.shippedGoEnv(ctx)
+	if err != nil {
+		return nil, err
+	}
 	p, err := s.startProc(procSpec{netns: s.nodeNetns(), name: "metaguard", path: filepath.Join(s.binDir, "metaguard"), args: argv, env: env})
 	if err != nil {
 		return nil, err

@@ -78,7 +78,6 @@ type Sandbox struct {
 
 	mu      sync.Mutex
 	closed  bool
-	goEnv   []string // the Go runtime settings of the applied DaemonSet
 	netns   []string
 	procs   []*Process
 	names   map[string]bool
