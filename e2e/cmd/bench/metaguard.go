@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"time"
 
 	"metaguard.dev/metaguard/e2e/sandbox"
@@ -42,31 +41,17 @@ func (b *bench) stopMetaguard(ctx context.Context, mg *sandbox.Process) error {
 // scrapeMetrics reads /metrics every second, as a Prometheus would, until
 // the returned stop is called.
 func (b *bench) scrapeMetrics(ctx context.Context) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		client := b.s.NodeHTTPClient()
-		client.Timeout = 5 * time.Second
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
+	client := b.s.NodeHTTPClient()
+	client.Timeout = 5 * time.Second
+	return every(ctx, time.Second, func() {
+		resp, err := client.Get("http://" + metricsAddr + "/metrics")
+		if err != nil {
+			if ctx.Err() == nil {
+				b.logf("scraping /metrics: %v", err)
 			}
-			resp, err := client.Get("http://" + metricsAddr + "/metrics")
-			if err != nil {
-				if ctx.Err() == nil {
-					b.logf("scraping /metrics: %v", err)
-				}
-				continue
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
+			return
 		}
-	}()
-	return func() { cancel(); wg.Wait() }
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	})
 }
