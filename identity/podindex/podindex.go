@@ -144,30 +144,21 @@ func New(client kubernetes.Interface, opts Options, reg prometheus.Registerer) (
 	)
 
 	pods, namespaces := client.CoreV1().Pods(metav1.NamespaceAll), client.CoreV1().Namespaces()
-	podInformer := x.podFactory.InformerFor(&corev1.Pod{}, func(kubernetes.Interface, time.Duration) cache.SharedIndexInformer {
-		lw := &cache.ListWatch{
-			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				o.FieldSelector = selector
-				return pods.List(ctx, o)
-			},
-			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				o.FieldSelector = selector
-				return pods.Watch(ctx, o)
-			},
-		}
-		return cache.NewSharedIndexInformerWithOptions(newRetryingListWatch(lw, client, resourcePods, m, x.log), &corev1.Pod{}, cache.SharedIndexInformerOptions{})
-	})
-	nsInformer := x.nsFactory.InformerFor(&corev1.Namespace{}, func(kubernetes.Interface, time.Duration) cache.SharedIndexInformer {
-		lw := &cache.ListWatch{
-			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				return namespaces.List(ctx, o)
-			},
-			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				return namespaces.Watch(ctx, o)
-			},
-		}
-		return cache.NewSharedIndexInformerWithOptions(newRetryingListWatch(lw, client, resourceNamespaces, m, x.log), &corev1.Namespace{}, cache.SharedIndexInformerOptions{})
-	})
+	onNode := func(o metav1.ListOptions) metav1.ListOptions { o.FieldSelector = selector; return o }
+	podInformer := x.podFactory.InformerFor(&corev1.Pod{}, x.retryingInformer(client, &corev1.Pod{}, resourcePods, m,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return pods.List(ctx, onNode(o))
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return pods.Watch(ctx, onNode(o))
+		}))
+	nsInformer := x.nsFactory.InformerFor(&corev1.Namespace{}, x.retryingInformer(client, &corev1.Namespace{}, resourceNamespaces, m,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return namespaces.List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return namespaces.Watch(ctx, o)
+		}))
 	if err := podInformer.SetWatchErrorHandlerWithContext(x.watchErrorHandler(resourcePods)); err != nil {
 		return nil, fmt.Errorf("setting pods watch error handler: %w", err)
 	}
@@ -189,6 +180,16 @@ func New(client kubernetes.Interface, opts Options, reg prometheus.Registerer) (
 		return nil, fmt.Errorf("adding namespaces event handler: %w", err)
 	}
 	return x, nil
+}
+
+// retryingInformer builds an informer of obj on list and watch, under a
+// list-watch that retries while the API server is unreachable (retry.go).
+func (x *Index) retryingInformer(client kubernetes.Interface, obj runtime.Object, resource string, m *metrics,
+	list cache.ListWithContextFunc, watch cache.WatchFuncWithContext) func(kubernetes.Interface, time.Duration) cache.SharedIndexInformer {
+	return func(kubernetes.Interface, time.Duration) cache.SharedIndexInformer {
+		lw := newRetryingListWatch(&cache.ListWatch{ListWithContextFunc: list, WatchFuncWithContext: watch}, client, resource, m, x.log)
+		return cache.NewSharedIndexInformerWithOptions(lw, obj, cache.SharedIndexInformerOptions{})
+	}
 }
 
 // PodFieldSelector is the field selector the pods informer sends: only pods
