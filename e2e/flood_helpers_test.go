@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,19 +218,38 @@ func (s served) String() string {
 // sdkTimeout on its first attempt or on the one retry the SDKs make.
 func (s served) ok() bool { return s.requests > 0 && s.failed == 0 }
 
+// victim is a well-behaved client making requests during a flood.
+type victim struct {
+	stop     chan struct{}
+	once     sync.Once
+	done     chan served
+	attempts atomic.Int64
+}
+
+// Attempts is how many requests have been sent so far, retries included.
+func (v *victim) Attempts() int64 { return v.attempts.Load() }
+
+// Stop ends the requests and returns what they saw.
+func (v *victim) Stop() served {
+	v.once.Do(func() { close(v.stop) })
+	return <-v.done
+}
+
 // serveVictim sends a GET from the pod every interval, on a new
 // connection each time as a fresh client would, each attempt bounded by
-// sdkTimeout and retried once, until stop is closed.
-func serveVictim(n *node, pod *sandbox.Pod, url string, header map[string]string, every time.Duration, stop <-chan struct{}) <-chan served {
-	return serveFrom(n, n.s.PodHTTPClient(pod), url, header, every, stop)
+// sdkTimeout and retried once, until Stop (or the test's end).
+func serveVictim(n *node, pod *sandbox.Pod, url string, header map[string]string, every time.Duration) *victim {
+	return serveFrom(n, n.s.PodHTTPClient(pod), url, header, every)
 }
 
 // serveFrom is serveVictim with any client that opens a connection per
 // request.
-func serveFrom(n *node, client *http.Client, url string, header map[string]string, every time.Duration, stop <-chan struct{}) <-chan served {
-	out := make(chan served, 1)
+func serveFrom(n *node, client *http.Client, url string, header map[string]string, every time.Duration) *victim {
+	v := &victim{stop: make(chan struct{}), done: make(chan served, 1)}
+	n.t.Cleanup(func() { v.once.Do(func() { close(v.stop) }) })
 	client.Timeout = sdkTimeout
 	attempt := func() (int, time.Duration, error) {
+		v.attempts.Add(1)
 		begin := time.Now()
 		req, err := http.NewRequestWithContext(n.ctx, http.MethodGet, url, nil)
 		if err != nil {
@@ -256,8 +276,8 @@ func serveFrom(n *node, client *http.Client, url string, header map[string]strin
 		defer tick.Stop()
 		for {
 			select {
-			case <-stop:
-				out <- s
+			case <-v.stop:
+				v.done <- s
 				return
 			case <-tick.C:
 			}
@@ -281,7 +301,15 @@ func serveFrom(n *node, client *http.Client, url string, header map[string]strin
 			}
 		}
 	}()
-	return out
+	return v
+}
+
+// awaitAttempts waits until the victim has sent k more requests: the
+// flood holds while it is being served.
+func awaitAttempts(t *testing.T, v *victim, k int64) {
+	t.Helper()
+	want := v.Attempts() + k
+	eventually(t, 30*time.Second, func() bool { return v.Attempts() >= want })
 }
 
 // checkServed fails the test if the pod was not served throughout.

@@ -27,38 +27,32 @@ func TestFloodMetricsPortConnections(t *testing.T) {
 
 	mem := n.watchMemory()
 	idle, _ := mem.Now()
-	stop := make(chan struct{})
-	probeDone := serveNodeProbe(n, "http://"+admin+"/healthz", 50*time.Millisecond, stop)
-	webDone := serveVictim(n, web, instanceID, nil, 100*time.Millisecond, stop)
+	probe := serveNodeProbe(n, "http://"+admin+"/healthz", 50*time.Millisecond)
+	pod := serveVictim(n, web, instanceID, nil, 100*time.Millisecond)
 	begin := time.Now()
 	idleConns := floodConns(t, n.ctx, flooders, admin, 128, "GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n", true)
 	silent := floodConns(t, n.ctx, flooders, admin, 128, "", false)
 	opened := time.Since(begin)
-	// The flood holds while the probes go on: long enough for every
-	// silent connection to become evictable and be evicted.
-	var open float64
-	eventually(t, 10*time.Second, func() bool {
-		open = n.scalar("metaguard_admin_connections_open")
-		return n.scalar("metaguard_admin_connections_evicted_total") > 0 && time.Since(begin) > 2*time.Second
-	})
-	close(stop)
-	probe, v := <-probeDone, <-webDone
+	// The flood holds while the probes go on.
+	open := n.scalar("metaguard_admin_connections_open")
+	awaitAttempts(t, probe, 20)
+	probed, v := probe.Stop(), pod.Stop()
 	m, anon := checkPeak(t, mem)
 	reportf(t, "%d pods x 256 connections to :9181 in %s: %d made, %d refused at dial; admin open %v, rejected %v, evicted %v; idle %s; flooded %s, peak anon %s; kubelet probe: %s; pod: %s",
 		len(flooders), opened.Round(time.Millisecond), idleConns.Len()+silent.Len(), idleConns.refused+silent.refused, open,
 		n.scalar("metaguard_admin_connections_rejected_total"), n.scalar("metaguard_admin_connections_evicted_total"),
-		idle, m, sandbox.MiB(anon), probe, v)
+		idle, m, sandbox.MiB(anon), probed, v)
 	if open > 64 {
 		t.Errorf("%v admin connections open, over its cap of 64", open)
 	}
-	checkServed(t, "the kubelet's probe", probe)
+	checkServed(t, "the kubelet's probe", probed)
 	checkServed(t, "a pod's metadata request", v)
 }
 
 // serveNodeProbe is serveVictim for a client in the node namespace: the
 // kubelet probing /healthz, a scraper reading /metrics.
-func serveNodeProbe(n *node, url string, every time.Duration, stop <-chan struct{}) <-chan served {
-	return serveFrom(n, n.s.NodeHTTPClient(), url, nil, every, stop)
+func serveNodeProbe(n *node, url string, every time.Duration) *victim {
+	return serveFrom(n, n.s.NodeHTTPClient(), url, nil, every)
 }
 
 // TestFloodIdleClientConnections: 32 pods each open twice their share of
@@ -76,17 +70,15 @@ func TestFloodIdleClientConnections(t *testing.T) {
 	before := n.goMemory()
 	mem := n.watchMemory()
 	idle, _ := mem.Now()
-	stop := make(chan struct{})
-	victimDone := serveVictim(n, victim, instanceID, nil, 50*time.Millisecond, stop)
+	vic := serveVictim(n, victim, instanceID, nil, 50*time.Millisecond)
 	begin := time.Now()
 	f := floodConns(t, n.ctx, flooders, "169.254.169.254:80", perPod, "GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n", true)
 	opened := time.Since(begin)
 	open := n.scalar("metaguard_connections_open")
 	during := n.goMemory()
 	// The victim goes on a little with the table full.
-	eventually(t, 5*time.Second, func() bool { return time.Since(begin) > opened+time.Second })
-	close(stop)
-	v := <-victimDone
+	awaitAttempts(t, vic, 20)
+	v := vic.Stop()
 	m, anon := checkPeak(t, mem)
 	reportf(t, "budget %+v; %d pods x %d connections in %s: %d made, %d refused at dial; open %v; evicted %v, rejected %v; idle %s; flooded %s, peak anon %s; go managed %s -> %s (%.0f B/conn), heap %s -> %s, stacks %s -> %s, goroutines %v -> %v; victim: %s",
 		b, len(flooders), perPod, opened.Round(time.Millisecond), f.Len(), f.refused, open,
@@ -120,8 +112,7 @@ func TestFloodSlowHeaders(t *testing.T) {
 
 	mem := n.watchMemory()
 	idle, _ := mem.Now()
-	stop := make(chan struct{})
-	victimDone := serveVictim(n, victim, instanceID, nil, 50*time.Millisecond, stop)
+	vic := serveVictim(n, victim, instanceID, nil, 50*time.Millisecond)
 	begin := time.Now()
 	f := floodConns(t, n.ctx, flooders, "169.254.169.254:80", perPod, partial, false)
 	opened := time.Since(begin)
@@ -130,8 +121,7 @@ func TestFloodSlowHeaders(t *testing.T) {
 	// the flood holds the table full.
 	eventually(t, 15*time.Second, func() bool { return n.scalar("metaguard_connections_open") == 0 })
 	held := time.Since(begin)
-	close(stop)
-	v := <-victimDone
+	v := vic.Stop()
 	m, anon := checkPeak(t, mem)
 	reportf(t, "budget %+v; %d pods x %d slow connections (%d header bytes each) in %s: %d made, %d refused at dial; open %v, all closed after %s; evicted %v, rejected %v; idle %s; flooded %s, peak anon %s; victim: %s",
 		b, len(flooders), perPod, len(partial), opened.Round(time.Millisecond), f.Len(), f.refused, open, held.Round(time.Millisecond),
