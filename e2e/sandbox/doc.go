@@ -26,12 +26,15 @@
 // Public surface: Start, StartT, CheckPrerequisites, Sweep, Options, Sandbox
 // (Close, AdminClient, AdminConfig, AdminKubeconfig, Apply, ApplyManifests,
 // ServiceAccountKubeconfig, EnsureNamespace, AddPod, DeletePod,
+// DeletePodGracefully,
 // SetPodLabels, SetPodPhase, ExecInPod, ExecInNode, PodClient, StartProcess,
 // StartMetaguard, WaitReady, NodeHTTPClient, PodHTTPClient, CloudRecords,
 // ResetCloudRecords, SetGCPValue, AddCloudAddress, Healthy, NodeNetns, CloudNetns,
 // ArtifactDir, BinDir, APIServerProcess, StopAPIServer, StartAPIServer,
-// AddPodNetwork, CreatePodObject), Pod, PodSpec, PodClientResult, Process,
-// NetnsDialer, NetnsListen and the addresses of the topology.
+// AddPodNetwork, CreatePodObject), Pod, PodSpec, PodClientResult, Process
+// (with ProgramPid, Memory, ResetPeak and WatchMemory), Memory,
+// MemoryWatch, MiB, NetnsDialer, NetnsListen and the addresses of the
+// topology.
 //
 // It must not touch the root network namespace, must not reach anything
 // outside the namespaces it made, and must not know metaguard's internals:
