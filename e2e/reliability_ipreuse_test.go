@@ -88,3 +88,34 @@ func TestIPReusePastTheDeletionDeadline(t *testing.T) {
 	reportf(t, "grace %s: %d requests before the deadline (A's access), %d after it (503 unknown-pod), %d with A's access after it; then B's own decision while A's object stays marked for deletion",
 		grace, before, after, leaks)
 }
+
+// TestIPReuseAfterTheContainersTerminated: the kubelet reports every
+// container of pod A terminated while A's phase is still Running and its
+// object stays; from then on the address is nobody's, then pod B's when
+// B turns up with it, never A's.
+func TestIPReuseAfterTheContainersTerminated(t *testing.T) {
+	n := startNode(t, relPolicy)
+	wire, err := n.s.AddPodNetwork(n.ctx, sandbox.PodSpec{Namespace: "ops", Name: "wire"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := n.addPod(sandbox.PodSpec{Namespace: "ops", Name: "pod-a", Labels: map[string]string{"role": "metadata-accessor"}, IP: wire.IP, APIOnly: true})
+	eventually(t, 5*time.Second, func() bool { return n.get(wire, awsCreds, nil).status == 200 })
+	if err := n.s.SetContainersTerminated(n.ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() bool {
+		r := n.get(wire, awsCreds, nil)
+		return r.status == 503 && contains(r.body, "unknown-pod")
+	})
+	n.addPod(sandbox.PodSpec{Namespace: "shop", Name: "pod-b", Labels: map[string]string{"app": "batch"}, IP: wire.IP, APIOnly: true})
+	eventually(t, 5*time.Second, func() bool {
+		r := n.get(wire, awsCreds, nil)
+		return r.status == 403 && contains(r.body, "shop/pod-b")
+	})
+	for range 20 {
+		if r := n.get(wire, awsCreds, nil); r.status != 403 || !contains(r.body, "shop/pod-b") {
+			t.Fatalf("after B turned up: %d %q, want B's own 403", r.status, r.body)
+		}
+	}
+}

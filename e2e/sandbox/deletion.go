@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 )
 
 // DeletePodGracefully asks the API server to delete the Pod object with a
@@ -33,4 +35,32 @@ func (s *Sandbox) DeletePodGracefully(ctx context.Context, pod *Pod, grace time.
 		return time.Time{}, fmt.Errorf("pod %s has no deletionTimestamp after a graceful delete", pod)
 	}
 	return cur.DeletionTimestamp.Time, nil
+}
+
+// SetContainersTerminated reports every container of the pod terminated
+// through the status subresource, as the kubelet does once they exit and
+// before the phase follows; the phase is left as it is.
+func (s *Sandbox) SetContainersTerminated(ctx context.Context, pod *Pod) error {
+	pods := s.client.CoreV1().Pods(pod.Namespace)
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := pods.Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		now := metav1.Now()
+		cur.Status.ContainerStatuses = nil
+		for _, c := range cur.Spec.Containers {
+			cur.Status.ContainerStatuses = append(cur.Status.ContainerStatuses, corev1.ContainerStatus{
+				Name:  c.Name,
+				Image: c.Image,
+				State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0, Reason: "Completed", StartedAt: now, FinishedAt: now}},
+			})
+		}
+		_, err = pods.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("terminating the containers of pod %s: %w", pod, err)
+	}
+	return nil
 }

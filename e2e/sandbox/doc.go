@@ -26,7 +26,7 @@
 // Public surface: Start, StartT, CheckPrerequisites, Sweep, Options, Sandbox
 // (Close, AdminClient, AdminConfig, AdminKubeconfig, Apply, ApplyManifests,
 // ServiceAccountKubeconfig, EnsureNamespace, AddPod, DeletePod,
-// DeletePodGracefully,
+// DeletePodGracefully, SetContainersTerminated,
 // SetPodLabels, SetPodPhase, ExecInPod, ExecInNode, PodClient, StartProcess,
 // StartMetaguard, WaitReady, NodeHTTPClient, PodHTTPClient, CloudRecords,
 // ResetCloudRecords, SetGCPValue, AddCloudAddress, Healthy, NodeNetns, CloudNetns,
