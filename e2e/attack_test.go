@@ -65,7 +65,7 @@ type hostileRequest struct {
 	forwarded []string
 }
 
-// hostileRequests are the attacks of issue 7 against the GCP endpoint,
+// hostileRequests are the attacks of RELIABILITY.md against the GCP endpoint,
 // whose upstream records every request it receives.
 var hostileRequests = []hostileRequest{
 	// Request smuggling: whatever framing wins, the first request is
@@ -138,7 +138,7 @@ var hostileRequests = []hostileRequest{
 	{"Forwarded", gcpReq("GET", "/computeMetadata/v1/instance/zone", "Forwarded: for=10.9.9.9"), []int{403}, nil},
 	{"X-Forwarded-Host", gcpReq("GET", "/computeMetadata/v1/instance/zone", "X-Forwarded-Host: metadata"), []int{403}, nil},
 
-	// Every path trick of DESIGN.md, aimed at the token.
+	// Every path trick of docs/design.md, aimed at the token.
 	{"the token itself", gcpReq("GET", token), []int{403}, nil},
 	{"a percent-encoded letter", gcpReq("GET", saDir+"toke%6e"), []int{400}, nil},
 	{"a dot segment", gcpReq("GET", saDir+"./token"), []int{400}, nil},
