@@ -3,6 +3,9 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
+	"encoding/json"
 	"strconv"
 	"strings"
 	"testing"
@@ -55,24 +58,38 @@ func (n *node) jsClient(pod *sandbox.Pod, opts sandbox.ExecOptions, args ...stri
 	return res
 }
 
-// auditOf returns the pod's audit lines so far.
-func (n *node) auditOf(pod *sandbox.Pod) []auditLine {
-	var out []auditLine
-	for _, l := range n.audit() {
-		if l.Pod == pod.Name && l.Namespace == pod.Namespace {
-			out = append(out, l)
+// auditOf returns the pod's audit lines written since t0. Lines are
+// written in batches, so counting lines before a call would miss those
+// still buffered; their time says when the request was answered.
+func (n *node) auditOf(pod *sandbox.Pod, t0 time.Time) []auditLine {
+	n.t.Helper()
+	out, err := n.mg.Stdout()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	var lines []auditLine
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		var l struct {
+			auditLine
+			Time time.Time `json:"time"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			n.t.Fatalf("audit line is not JSON: %q", sc.Text())
+		}
+		if l.Pod == pod.Name && l.Namespace == pod.Namespace && !l.Time.Before(t0) {
+			lines = append(lines, l.auditLine)
 		}
 	}
-	return out
+	return lines
 }
 
-// waitAuditOf waits until the pod has at least want audit lines (a line
-// is written after its response, in batches).
-func (n *node) waitAuditOf(pod *sandbox.Pod, want int) []auditLine {
+// waitAuditOf waits until the pod has at least want audit lines since t0.
+func (n *node) waitAuditOf(pod *sandbox.Pod, t0 time.Time, want int) []auditLine {
 	n.t.Helper()
 	var lines []auditLine
 	eventually(n.t, 5*time.Second, func() bool {
-		lines = n.auditOf(pod)
+		lines = n.auditOf(pod, t0)
 		return len(lines) >= want
 	})
 	return lines

@@ -116,6 +116,7 @@ func TestGCPMetadataLibrary(t *testing.T) {
 	})
 	t.Run("a denied pod's library errors carry metaguard's refusal and are not retried", func(t *testing.T) {
 		n.resetRecords(fakecloud.GCP)
+		t0 := time.Now()
 		r := n.client(batch, env, "gcp-get", "project/project-id")
 		if r.OK || r.Status != 403 || !strings.Contains(r.Errors["project/project-id"], "metaguard: denied GET /computeMetadata/v1/project/project-id for pod shop/batch") {
 			t.Fatalf("%+v", r)
@@ -123,7 +124,7 @@ func TestGCPMetadataLibrary(t *testing.T) {
 		if recs := n.records(fakecloud.GCP); len(recs) != 0 {
 			t.Errorf("a denied pod reached the upstream: %+v", recs)
 		}
-		if lines := n.waitAuditOf(batch, 1); len(lines) != 1 {
+		if lines := n.waitAuditOf(batch, t0, 1); len(lines) != 1 {
 			t.Errorf("the library retried a 403:\n%s", summary(lines))
 		}
 	})
