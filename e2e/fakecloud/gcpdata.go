@@ -106,4 +106,3 @@ func identity(email string) func(url.Values) (string, int) {
 			enc.EncodeToString(claims) + "." + enc.EncodeToString([]byte("e2e-fake-signature")), http.StatusOK
 	}
 }
-
