@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 )
 
@@ -88,7 +89,7 @@ func (s *Sandbox) runClient(ctx context.Context, pod *Pod, opts ExecOptions, arg
 		return res, err
 	}
 	if err := json.Unmarshal(out, &res); err != nil {
-		return res, fmt.Errorf("decoding %s output %q: %w", filepath.Base(argv[len(argv)-1]), out, err)
+		return res, fmt.Errorf("decoding the output of %s: %q: %w", strings.Join(argv, " "), out, err)
 	}
 	return res, nil
 }
