@@ -76,6 +76,7 @@ fuzz:
 	$(FUZZ) -fuzz '^FuzzStripNeverLeaksAHiddenEntry$$' -fuzztime $(FUZZTIME) ./proxy
 	$(FUZZ) -fuzz '^FuzzStripTextNeverLeaksAHiddenEntry$$' -fuzztime $(FUZZTIME) ./proxy
 	$(FUZZ) -fuzz '^FuzzStripJSONIsValidAndIdempotent$$' -fuzztime $(FUZZTIME) ./proxy
+	$(FUZZ) -fuzz '^FuzzStripAnswerDependsOnlyOnVisibleEntries$$' -fuzztime $(FUZZTIME) ./proxy
 	$(FUZZ) -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./proxy/policy
 	$(FUZZ) -fuzz '^FuzzCanonicalPath$$' -fuzztime $(FUZZTIME) ./proxy/policy
 
