@@ -66,6 +66,7 @@ fuzz:
 	$(FUZZ) -fuzz '^FuzzStripTextNeverLeaksAHiddenEntry$$' -fuzztime $(FUZZTIME) ./proxy
 	$(FUZZ) -fuzz '^FuzzStripJSONIsValidAndIdempotent$$' -fuzztime $(FUZZTIME) ./proxy
 	$(FUZZ) -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./proxy/policy
+	$(FUZZ) -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./proxy/audit
 	$(FUZZ) -fuzz '^FuzzCanonicalPath$$' -fuzztime $(FUZZTIME) ./proxy/policy
 
 ENGINE ?= $(shell command -v docker || command -v podman)
