@@ -37,6 +37,9 @@ type call struct {
 	path      string
 	queryKeys []string
 	status    int
+	// oldProxy logs the call as a proxy did before audit mode stopped
+	// forwarding credential reads: forwarded, audit-deny.
+	oldProxy bool
 }
 
 // query gives each key a value; client_id is the identity azureConfig
@@ -68,6 +71,9 @@ func logOf(t testing.TB, pol *policy.Policy, calls []call) []byte {
 		}
 		id := c.pod.identity()
 		d := pol.Decide(id, policy.Request{Endpoint: ep, Method: c.method, Path: c.path, Query: query(c.queryKeys)})
+		if c.oldProxy && d.Reason == audit.ReasonCredentialPath && pol.Mode == policy.ModeAudit {
+			d.Audit, d.Reason = true, audit.ReasonNotAllowed
+		}
 		status := c.status
 		switch {
 		case !d.Forwarded():
