@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"metaguard.dev/metaguard/e2e/sandbox"
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // victimLoad sends GETs from a pod the policy allows until stop closes,
@@ -239,7 +240,7 @@ func TestFloodHitsTheRateLimit(t *testing.T) {
 	for {
 		limited = 0
 		for _, l := range n.audit() {
-			if l.Reason == "rate-limited" && l.Pod == "flooder" {
+			if l.Reason == audit.ReasonRateLimited && l.Pod == "flooder" {
 				limited++
 			}
 		}
