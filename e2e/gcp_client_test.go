@@ -188,7 +188,7 @@ func TestGCPMetadataLibrary(t *testing.T) {
 	})
 
 	// What metaguard must change for these clients; it fails until it does.
-	t.Run("needs proxy change: a denied pod's OnGCE is true so its error names metaguard, not missing credentials", func(t *testing.T) {
+	t.Run("a denied pod's OnGCE is true, so its error names metaguard, not missing credentials", func(t *testing.T) {
 		r := n.client(batch, env, "gcp-token")
 		if r.OK || !strings.Contains(r.Errors["credentials"]+r.Errors["token"], "metaguard") {
 			t.Errorf("Application Default Credentials in a denied pod: %+v\n"+
