@@ -15,6 +15,11 @@
 // identity.Resolver, the original destination of a connection through a
 // function the caller supplies, so everything here runs under httptest.
 //
-// Public surface: Config, Server (New, ServeHTTP, Serve), Canonicalize,
+// Everything it holds for a pod is bounded by one memory budget (Budget,
+// BudgetFor): connections, requests in flight, long polls and strip
+// buffers, in total and per source; past a cap work is refused at once.
+//
+// Public surface: Config, Budget, BudgetFor, DefaultRequestPathBytes,
+// Server (New, ServeHTTP, Serve), ServeAdmin, Canonicalize,
 // CanonicalRequest, RequestError, StripListing, StripJSON, StripText.
 package proxy

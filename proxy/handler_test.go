@@ -349,7 +349,7 @@ func TestNoValidPolicyRefusesEverythingAndSaysWhy(t *testing.T) {
 	if n := len(h.up.received()); n != 0 {
 		t.Fatalf("%d requests reached the upstream", n)
 	}
-	if l := h.waitAudit(1)[0]; l["reason"] != "policy-invalid" || l["decision"] != "deny" {
-		t.Errorf("audit %v, want deny policy-invalid", l)
+	if l := h.waitAudit(1)[0]; l.Reason != audit.ReasonPolicyInvalid || l.Decision != audit.DecisionDeny {
+		t.Errorf("audit %+v, want deny policy-invalid", l)
 	}
 }
