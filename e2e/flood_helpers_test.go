@@ -4,9 +4,7 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,41 +33,6 @@ const peakBound = 56 << 20
 // sdkTimeout is how long the metadata SDKs wait for an answer before they
 // retry (the AWS SDK's IMDS client and the GCP metadata library: 1 s).
 const sdkTimeout = time.Second
-
-// floodBudget is the request path's caps as metaguard logged them at
-// start-up ("request path budget"), derived from its GOMEMLIMIT.
-type floodBudget struct {
-	MemoryLimit         int64 `json:"memory_limit"`
-	Conns               int   `json:"connections"`
-	ConnsPerSource      int   `json:"connections_per_source"`
-	InFlight            int   `json:"in_flight"`
-	InFlightPerSource   int   `json:"in_flight_per_source"`
-	LongPolls           int   `json:"long_polls"`
-	StripBytes          int64 `json:"strip_bytes"`
-	StripBytesPerSource int64 `json:"strip_bytes_per_source"`
-}
-
-// budget reads the caps metaguard runs with from its log.
-func (n *node) budget() floodBudget {
-	n.t.Helper()
-	b, err := n.mg.Stderr()
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		var line struct {
-			Msg string `json:"msg"`
-			floodBudget
-		}
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "request path budget" {
-			return line.floodBudget
-		}
-	}
-	n.t.Fatal("metaguard logged no request path budget")
-	return floodBudget{}
-}
 
 // addPods adds count pods named <prefix>-<i> to namespace ns, a few at a
 // time.

@@ -5,13 +5,13 @@ package e2e
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	"metaguard.dev/metaguard/e2e/sandbox"
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // TestFloodOfDenialsKeepsTheAuditTrail: one pod is denied (user-data: not
@@ -94,18 +94,14 @@ func TestFloodOfDenialsKeepsTheAuditTrail(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	type line struct {
-		auditLine
-		Suppressed int `json:"suppressed"`
-	}
 	got := map[string]int{}
 	var flooderDenials, flooderCred, summarised, summaries int
 	var flooderBytes int
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
-		var l line
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			t.Fatalf("audit line is not JSON: %q", sc.Text())
+		l, err := audit.Decode(sc.Bytes())
+		if err != nil {
+			t.Fatalf("audit line %q: %v", sc.Text(), err)
 		}
 		if l.Pod != flooder.Name {
 			got[l.Pod]++
@@ -113,10 +109,12 @@ func TestFloodOfDenialsKeepsTheAuditTrail(t *testing.T) {
 		}
 		flooderBytes += len(sc.Bytes()) + 1
 		switch {
-		case l.Reason == "denials-suppressed":
+		case l.Reason == audit.ReasonDenialsSuppressed:
 			summaries++
-			summarised += l.Suppressed
-		case l.Reason == "credential-path":
+			for _, k := range l.Suppressed {
+				summarised += k
+			}
+		case l.Reason == audit.ReasonCredentialPath:
 			flooderCred++
 		default:
 			flooderDenials++

@@ -37,33 +37,37 @@ const (
 	// the connection).
 	flightCost = 96 << 10
 	// stripCost is the Go memory one byte charged to the strip budget
-	// may cost: the body held, 1.3x its bytes (the buffer grows by a
-	// quarter at a time), and then stripped, up to 5.4x more for a JSON
-	// dump of long values such as kube-env or SSH keys (decoded, the
-	// decoder's copy, the output), 3x for a listing of short names. A
-	// body of many tiny entries costs more still (RELIABILITY.md).
-	stripCost = 8
+	// may cost. A body is charged twice, for its buffer and for its
+	// stripped copy (the copy is never larger). The buffer costs 1.04-1.09x
+	// the body (sized from Content-Length), and stripping adds up to 6.9x
+	// the body for a JSON dump of long values such as kube-env or SSH keys
+	// (the decoded value, the decoder's copy, the output), 3.6x for a
+	// listing of short names: 8x the body, 4x each charged byte, rounded
+	// up for margin. A body of many tiny entries costs more to strip
+	// (RELIABILITY.md).
+	stripCost = 5
 )
 
 // BudgetFor divides a memory budget for the request path between the
 // resources: 35% for client connections, 25% for requests in flight, 40%
 // for strip buffers (charged stripCost per byte). One source may take an
 // eighth of the connections and of the requests in flight (at least 4),
-// a quarter of the strip bytes (but at least one maximal body, if the
-// budget holds one), and four long polls, so that a flooding pod leaves
+// a quarter of the strip charges (but at least what one maximal body is
+// charged, if the budget holds it), and four long polls, so that a
+// flooding pod leaves
 // the rest to the others. Long polls together may hold at most a quarter
 // of the requests in flight.
 //
 // With GOMEMLIMIT=32MiB the request path gets 16 MiB: 159 connections (19
 // per source), 42 requests in flight (5 per source), 10 long polls (4 per
-// source), 0.8 MiB of bodies to strip (so no larger body can be). At the
-// measured worst costs they hold together 159 x 30.5 KiB + 42 x 90 KiB +
-// 0.8 MiB x 6.7 = 4.7 + 3.7 + 5.4 = 13.8 MiB; with the rest of the
-// process (about 6 MiB live: informer caches, policy, runtime) under 20
-// MiB live, which leaves the garbage collector 12 MiB of headroom under
-// the limit. (GOMEMLIMIT=40MiB gives 199 connections, 53 in flight, 1 MiB
-// to strip; but with the binary's own mapped pages that limit leaves the
-// container no margin: RELIABILITY.md.)
+// source), 1.28 MiB of strip charges (so no body over 0.64 MiB can be
+// stripped). At the measured worst costs they hold together 159 x 30.5
+// KiB + 42 x 90 KiB + 0.64 MiB x 8 = 4.7 + 3.7 + 5.1 = 13.5 MiB; with the
+// rest of the process (about 6 MiB live: informer caches, policy,
+// runtime) under 20 MiB live, which leaves the garbage collector 12 MiB
+// of headroom under the limit. (GOMEMLIMIT=40MiB gives 199 connections,
+// 53 in flight, 1.6 MiB of strip charges; but with the binary's own
+// mapped pages that limit leaves the container no margin: RELIABILITY.md.)
 func BudgetFor(requestPathBytes int64) (Budget, error) {
 	if requestPathBytes < 4<<20 {
 		return Budget{}, fmt.Errorf("a memory budget of %d bytes for the request path is below the 4 MiB the proxy needs", requestPathBytes)
@@ -77,7 +81,9 @@ func BudgetFor(requestPathBytes int64) (Budget, error) {
 	b.InFlightPerSource = min(max(b.InFlight/8, 4), b.InFlight)
 	b.LongPolls = max(b.InFlight/4, 1)
 	b.LongPollsPerSource = min(4, b.LongPolls)
-	b.StripBytesPerSource = min(max(b.StripBytes/4, maxStripBytes), b.StripBytes)
+	// A body is charged for its buffer (one byte more than the body, to
+	// tell one over the bound) and for its stripped copy.
+	b.StripBytesPerSource = min(max(b.StripBytes/4, 2*maxStripBytes+1), b.StripBytes)
 	return b, nil
 }
 
