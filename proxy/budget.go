@@ -20,7 +20,8 @@ type Budget struct {
 // What one unit of each resource costs at most, in bytes of Go runtime
 // memory (live heap and goroutine stacks: what GOMEMLIMIT counts, garbage
 // aside). Measured on the proxy serving real connections
-// (TestMeasuredCostsAreWithinTheBudgetConstants, which fails if a change
+// (TestMeasuredCostsAreWithinTheBudgetConstants and
+// TestStrippingIsWithinStripCost, which fail if a change
 // makes a unit cost more) and on the real binary under floods
 // (RELIABILITY.md); rounded up.
 const (
@@ -39,12 +40,11 @@ const (
 	// stripCost is the Go memory one byte charged to the strip budget
 	// may cost. A body is charged twice, for its buffer and for its
 	// stripped copy (the copy is never larger). The buffer costs 1.04-1.09x
-	// the body (sized from Content-Length), and stripping adds up to 6.9x
-	// the body for a JSON dump of long values such as kube-env or SSH keys
-	// (the decoded value, the decoder's copy, the output), 3.6x for a
-	// listing of short names: 8x the body, 4x each charged byte, rounded
-	// up for margin. A body of many tiny entries costs more to strip
-	// (RELIABILITY.md).
+	// the body (sized from Content-Length), and stripping adds 6-7x the
+	// body for a JSON dump of long values such as kube-env or SSH keys
+	// (the decoded value, the decoder's copy, the output), 3-5x for a
+	// listing, 4-5x for a dump or listing of a hundred thousand tiny
+	// entries: 8x the body, 4x each charged byte, rounded up for margin.
 	stripCost = 5
 )
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -310,11 +311,12 @@ func peakDuring(f func()) int64 {
 	return peak.Load() - base
 }
 
-// TestStrippingADumpOfLongValuesIsWithinStripCost: what stripping costs
-// beyond the body, for the shapes metadata services answer (a GCP
-// recursive dump whose large values are kube-env and SSH keys, an AWS or
-// GCP listing), fits in stripCost with the body held.
-func TestStrippingADumpOfLongValuesIsWithinStripCost(t *testing.T) {
+// TestStrippingIsWithinStripCost: what stripping costs beyond the body,
+// for the shapes metadata services answer (a GCP recursive dump whose
+// large values are kube-env and SSH keys, a listing) and for the worst an
+// upstream could make (a dump or listing of a hundred thousand tiny
+// entries), fits in a body's strip charges with the body held.
+func TestStrippingIsWithinStripCost(t *testing.T) {
 	const size = maxStripBytes - 1024
 	keep := func(p string) bool { return !strings.HasSuffix(p, "/token") && !strings.HasSuffix(p, "/kube-env") }
 	var dump bytes.Buffer
@@ -327,6 +329,16 @@ func TestStrippingADumpOfLongValuesIsWithinStripCost(t *testing.T) {
 	for i := 0; listing.Len() < size-64; i++ {
 		fmt.Fprintf(&listing, "attribute-with-a-long-name-%d\n", i)
 	}
+	var keys bytes.Buffer
+	keys.WriteString("{")
+	for i := 0; keys.Len() < size-32; i++ {
+		fmt.Fprintf(&keys, `"k%d":1,`, i)
+	}
+	keys.WriteString(`"z":1}`)
+	var tiny bytes.Buffer
+	for i := 0; tiny.Len() < size-8; i++ {
+		fmt.Fprintf(&tiny, "%x\n", i%16)
+	}
 	for _, c := range []struct {
 		name string
 		body []byte
@@ -334,17 +346,22 @@ func TestStrippingADumpOfLongValuesIsWithinStripCost(t *testing.T) {
 	}{
 		{"a recursive JSON dump of long values", dump.Bytes(), func(b []byte) { StripJSON(b, "/computeMetadata/v1/instance/", keep) }},
 		{"a listing of 30-byte entries", listing.Bytes(), func(b []byte) { StripListing(b, "/computeMetadata/v1/instance/attributes/", keep) }},
+		{"a JSON dump of tiny entries", keys.Bytes(), func(b []byte) { StripJSON(b, "/computeMetadata/v1/instance/", keep) }},
+		{"a listing of one-letter entries", tiny.Bytes(), func(b []byte) { StripListing(b, "/computeMetadata/v1/instance/", keep) }},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			c.run(c.body) // warm up caches the first call fills
-			worst := int64(0)
-			for range 3 {
-				worst = max(worst, peakDuring(func() { c.run(c.body) }))
+			// The median of five: a collection that lags behind on a
+			// loaded machine leaves garbage in one sample, not in most.
+			var runs []int64
+			for range 5 {
+				runs = append(runs, peakDuring(func() { c.run(c.body) }))
 			}
-			ratio := float64(worst) / float64(len(c.body))
-			t.Logf("stripping %d bytes adds up to %d B (%.2fx the body)", len(c.body), worst, ratio)
-			if allowed := stripCharges*stripCost - stripHeldCost; worst > int64(allowed)*int64(len(c.body)) {
-				t.Errorf("stripping adds %.2fx the body, over the %dx its strip charges leave beside the body held", ratio, allowed)
+			slices.Sort(runs)
+			median, worst := runs[len(runs)/2], runs[len(runs)-1]
+			t.Logf("stripping %d bytes adds %.2fx the body (median of 5; at most %.2fx)", len(c.body), float64(median)/float64(len(c.body)), float64(worst)/float64(len(c.body)))
+			if allowed := stripCharges*stripCost - stripHeldCost; median > int64(allowed)*int64(len(c.body)) {
+				t.Errorf("stripping adds %.2fx the body, over the %dx its strip charges leave beside the body held", float64(median)/float64(len(c.body)), allowed)
 			}
 		})
 	}
