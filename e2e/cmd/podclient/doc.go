@@ -17,6 +17,13 @@
 //	aws-creds           the credentials of the instance role, read the way
 //	                    the SDK's ec2rolecreds provider does (list the role,
 //	                    then fetch it); keys in the output, secrets not
+//	get URL             one plain HTTP GET, no SDK (status and body)
+//	probe URL INTERVAL COUNT
+//	                    GET URL COUNT times, one JSON line each, then wait
+//	sleep               wait for SIGTERM: a workload container's main process
+//
+// The last three serve the e2e node's workload image, where podclient is
+// the only program in the container.
 //
 // It exits 0 whenever it printed a result, also a failed one, and 2 on a
 // usage error.

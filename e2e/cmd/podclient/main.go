@@ -34,7 +34,7 @@ func run(argv []string, stdout io.Writer) int {
 	noFallback := fs.Bool("no-fallback", false, "fail instead of falling back to IMDSv1 when no token can be had")
 	timeout := fs.Duration("timeout", 10*time.Second, "overall deadline")
 	if err := fs.Parse(argv); err != nil || fs.NArg() == 0 {
-		fmt.Fprintln(os.Stderr, "usage: podclient [-endpoint URL] [-no-fallback] aws-get PATH | aws-dynamic PATH | aws-userdata | aws-region | aws-creds")
+		fmt.Fprintln(os.Stderr, "usage: podclient [-endpoint URL] [-no-fallback] aws-get PATH | aws-dynamic PATH | aws-userdata | aws-region | aws-creds | sleep | get URL | probe URL INTERVAL COUNT")
 		return 2
 	}
 	opts := imds.Options{Endpoint: *endpoint}
@@ -46,6 +46,9 @@ func run(argv []string, stdout io.Writer) int {
 	defer cancel()
 
 	args := fs.Args()
+	if workloadCommands[args[0]] {
+		return runWorkload(args, *timeout, stdout)
+	}
 	var res result
 	switch {
 	case args[0] == "aws-get" && len(args) == 2:
