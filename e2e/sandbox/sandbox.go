@@ -36,6 +36,10 @@ type Options struct {
 	KeepArtifacts bool
 	// Logf receives progress messages; nil discards them.
 	Logf func(format string, args ...any)
+	// Node, when set, makes node-a a real node with a kubelet and
+	// containerd (see NodeOptions); node-b is not registered then, since
+	// a DaemonSet would wait for it forever.
+	Node *NodeOptions
 }
 
 // ErrPrerequisite marks a machine that cannot run a sandbox (not root, a
@@ -71,6 +75,7 @@ type Sandbox struct {
 	lock      *os.File
 
 	pki             *pki
+	node            *nodeState // nil unless Options.Node
 	admin           *rest.Config
 	client          kubernetes.Interface
 	adminKubeconfig string
@@ -109,6 +114,9 @@ func CheckPrerequisites(opts Options) error {
 			if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
 				bins = append(bins, "bin/"+b)
 			}
+		}
+		if opts.Node != nil {
+			bins = append(bins, nodeMissing(binDir)...)
 		}
 		if len(bins) > 0 {
 			missing = append(missing, fmt.Sprintf("%s in %s (make %s)", strings.Join(bins, ", "), binDir, strings.Join(bins, " ")))
@@ -200,7 +208,12 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		return nil, err
 	}
 	s.logf("control plane and metadata services ready after %v", time.Since(begin).Round(time.Millisecond))
-	if err := s.registerNodes(ctx); err != nil {
+	if opts.Node != nil {
+		err = s.startRealNode(ctx, *opts.Node)
+	} else {
+		err = s.registerNodes(ctx)
+	}
+	if err != nil {
 		return nil, err
 	}
 	s.adminKubeconfig = filepath.Join(s.dir, "kubeconfig-admin")
@@ -247,6 +260,7 @@ func (s *Sandbox) claimPrefix() error {
 // their temporary directories. Live runs, in this process or another, are
 // left alone. Start calls it; a Makefile may too, after the tests.
 func Sweep(logf func(string, ...any)) {
+	defer sweepCgroups(logf)
 	names, err := listNetns()
 	if err != nil {
 		logf("sweep: %v", err)
@@ -328,7 +342,10 @@ func (s *Sandbox) Close() error {
 		s.closed = true
 		s.mu.Unlock()
 		begin := time.Now()
-		errs := []error{s.stopAll()}
+		// The node's containers and cgroups go first: they are not
+		// children of anything stopAll signals.
+		errs := []error{s.stopRealNode()}
+		errs = append(errs, s.stopAll())
 
 		names, err := listNetns()
 		errs = append(errs, err)
