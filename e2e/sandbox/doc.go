@@ -44,7 +44,7 @@
 // ResetCloudRecords, SetGCPValue, AddCloudAddress, Healthy, NodeNetns, CloudNetns,
 // ArtifactDir, BinDir, APIServerProcess, StopAPIServer, StartAPIServer,
 // AddPodNetwork, CreatePodObject, and for a real node Kubectl, ImportImage,
-// TagImage, WaitNodeReady, HasRealNode), Pod, PodSpec, NodeOptions,
+// TagImage, ContainerPID, WaitNodeReady, HasRealNode), Pod, PodSpec, NodeOptions,
 // PauseImage, WorkloadImage, PodClientResult, Process,
 // NetnsDialer, NetnsListen and the addresses of the topology.
 //

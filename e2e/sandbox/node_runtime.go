@@ -2,11 +2,13 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -261,4 +263,26 @@ func (s *Sandbox) importBaseImages(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// ContainerPID is the host pid of a running container's main process,
+// given the container ID a pod's status reports (containerd://<id> or the
+// bare id): a test reads /proc/<pid> to see what the kernel enforces on it
+// (capabilities, no_new_privs, seccomp, its mounts).
+func (s *Sandbox) ContainerPID(ctx context.Context, containerID string) (int, error) {
+	if s.node == nil {
+		return 0, errors.New("the sandbox has no real node")
+	}
+	id := strings.TrimPrefix(containerID, "containerd://")
+	out, err := s.ctr(ctx, "tasks", "ls")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[0] == id && f[2] == "RUNNING" {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, fmt.Errorf("container %s is not running (ctr tasks ls:\n%s)", id, out)
 }
