@@ -77,9 +77,10 @@ func checkRollingUpdate(t *testing.T, n *realNode, install string) {
 		}
 		if l.Time.After(start) && l.Time.Before(end) {
 			during++
-			if l.Status == 403 {
+			switch {
+			case l.Status == 403:
 				denied++
-			} else {
+			case l.Status == 0:
 				refused++
 			}
 		}
