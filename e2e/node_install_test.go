@@ -49,9 +49,9 @@ func TestNodeAWSOverlay(t *testing.T) {
 	}{
 		{"the DaemonSet's pod runs Ready with the manifest's security context", func(t *testing.T, n *realNode) { checkMetaguardPod(t, n, install) }},
 		{"the AWS SDK in containers gets an IMDSv2 session and the instance id, credentials only where allowed", func(t *testing.T, n *realNode) { checkSDK(t, n, bystander) }},
-		{"a rolling update to a new tag never lets a workload reach the IMDS directly", func(t *testing.T, n *realNode) { checkRollingUpdate(t, n, install) }},
-		{"a policy edit reaches the pod through the kubelet: seed scenario 001 on real containers", func(t *testing.T, n *realNode) { checkSeedScenario(t, n, install) }},
-		{"a broken policy edit keeps the policy in force", func(t *testing.T, n *realNode) { checkBrokenEdit(t, n, install) }},
+		{"a rolling update to a new tag never lets a workload reach the IMDS directly", checkRollingUpdate},
+		{"a policy edit reaches the pod through the kubelet: seed scenario 001 on real containers", checkSeedScenario},
+		{"a broken policy edit keeps the policy in force", checkBrokenEdit},
 		{"uninstalling with deploy/cleanup leaves pods reaching the IMDS as before", func(t *testing.T, n *realNode) { checkUninstall(t, n, install, bystander, before) }},
 	}
 	for _, st := range steps {

@@ -146,7 +146,7 @@ func checkSDK(t *testing.T, n *realNode, bystander workload) {
 // seedURL is seed scenario 001's metadata service.
 const seedURL = "http://192.168.100.21:32000/latest/meta-data/instance-id"
 
-func checkSeedScenario(t *testing.T, n *realNode, install string) {
+func checkSeedScenario(t *testing.T, n *realNode) {
 	pod1 := n.runWorkload("metadata-access", "pod1", nil, map[string]string{"app": "pod1"})
 	pod2 := n.runWorkload("metadata-access", "pod2", nil, nil)
 	pod3 := n.runWorkload("metadata-access", "pod3", nil, map[string]string{"role": "metadata-accessor"})
@@ -183,7 +183,7 @@ defaultAction: allow-everything
 rules: []
 `
 
-func checkBrokenEdit(t *testing.T, n *realNode, install string) {
+func checkBrokenEdit(t *testing.T, n *realNode) {
 	errors := func() float64 {
 		return metric(n.metrics(), "metaguard_policy_reloads_total", map[string]string{"result": "error"})
 	}

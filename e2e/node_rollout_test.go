@@ -34,7 +34,7 @@ func (n *realNode) probeLog(w workload) []probeLine {
 	return lines
 }
 
-func checkRollingUpdate(t *testing.T, n *realNode, install string) {
+func checkRollingUpdate(t *testing.T, n *realNode) {
 	// A workload that asks for the role listing ten times a second for the
 	// whole rollout: through metaguard it gets 403; while no metaguard
 	// pod runs, the rules stay and the connection is refused; a 200 would

@@ -224,18 +224,18 @@ func killMountNamespace(mntns string, holder int) {
 	}
 }
 
-// nodeMissing lists what Options.Node needs that BinDir lacks.
-func nodeMissing(binDir string) []string {
-	var missing []string
+// nodeMissing lists what Options.Node needs that BinDir (make
+// e2e-node-tools bin/pause) and PATH lack.
+func nodeMissing(binDir string) (bins, tools []string) {
 	for _, b := range nodeBinaries {
 		if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
-			missing = append(missing, "bin/"+b)
+			bins = append(bins, "bin/"+b)
 		}
 	}
 	for _, tool := range []string{"nsenter", "unshare", "mount"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool+" in PATH (apt-get install util-linux mount)")
+			tools = append(tools, tool+" in PATH (apt-get install util-linux mount)")
 		}
 	}
-	return missing
+	return bins, tools
 }

@@ -116,7 +116,9 @@ func CheckPrerequisites(opts Options) error {
 			}
 		}
 		if opts.Node != nil {
-			bins = append(bins, nodeMissing(binDir)...)
+			nodeBins, tools := nodeMissing(binDir)
+			bins = append(bins, nodeBins...)
+			missing = append(missing, tools...)
 		}
 		if len(bins) > 0 {
 			missing = append(missing, fmt.Sprintf("%s in %s (make %s)", strings.Join(bins, ", "), binDir, strings.Join(bins, " ")))
