@@ -1,7 +1,7 @@
 # metaguard: a few plain targets. Everything built lands in bin/ (git-ignored).
 #
 #   make build   the metaguard binary
-#   make test    unit tests (-race) and the end-to-end suite (root)
+#   make test    lint, unit tests (-race), bounded fuzzing and the end-to-end suite (root)
 #   make demo    a local node sandbox and a guided tour (root)
 #   make bench   side-by-side benchmarks into BENCHMARKS.md (root)
 #   make lint    gofmt, go vet, staticcheck
@@ -11,10 +11,10 @@
 
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X main.version=$(VERSION)
+REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 # The name make image gives the image (normalised: docker.io/library/...).
 IMAGE     ?= metaguard:$(VERSION)
-STATICCHECK_VERSION := v0.8.2
 # Bounded fuzzing in CI; the seed corpora also run in every plain go test.
 FUZZTIME  ?= 60000x
 
@@ -41,7 +41,18 @@ bin/pause:
 bin/imagebuild:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./cmd/imagebuild
 
-test: unit fuzz e2e e2e-node
+# The AWS SDK for JavaScript's IMDS credential provider, pinned by
+# e2e/jsclient/package-lock.json, installed with the machine's Node.js and
+# npm into bin/jsclient (git-ignored, like every build output).
+JSCLIENT_SRC := e2e/jsclient/package.json e2e/jsclient/package-lock.json e2e/jsclient/imds.js
+bin/jsclient/.installed: $(JSCLIENT_SRC)
+	rm -rf bin/jsclient && mkdir -p bin/jsclient
+	cp $(JSCLIENT_SRC) bin/jsclient/
+	cd bin/jsclient && npm ci --no-audit --no-fund --omit=dev --loglevel=error
+	touch $@
+bin/jsclient: bin/jsclient/.installed
+
+test: lint unit fuzz e2e e2e-node
 
 unit:
 	$(GO) vet ./...
@@ -49,7 +60,7 @@ unit:
 
 # The node sandbox with metaguard as a process; the real-node tests
 # (TestNode*) are e2e-node's.
-e2e: e2e-tools bin/metaguard bin/fakecloud bin/podclient
+e2e: e2e-tools bin/metaguard bin/fakecloud bin/podclient bin/jsclient
 	$(GO) test -tags e2e -count=1 -timeout 30m -skip '^TestNode' ./e2e/...
 
 # metaguard as users run it: its image (make image) on a real kubelet,
@@ -63,10 +74,10 @@ demo: e2e-tools bin/metaguard bin/fakecloud bin/podclient
 bench: e2e-tools bin/metaguard bin/fakecloud bin/podclient
 	$(GO) run ./e2e/cmd/bench -out BENCHMARKS.md
 
-lint:
+lint: bin/staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet -tags e2e ./...
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) -tags e2e ./...
+	bin/staticcheck -tags e2e ./...
 
 # Each target fuzzes for a bounded number of inputs (FUZZTIME; about 10 s
 # each here), not a duration: Go 1.26's fuzz coordinator can fail a
@@ -91,14 +102,14 @@ fuzz:
 # Push it with any OCI tool, e.g. skopeo copy oci-archive:bin/metaguard-image.tar docker://REGISTRY/metaguard:TAG
 image: bin/metaguard bin/imagebuild
 	bin/imagebuild metaguard -out bin/metaguard-image.tar -ref $(IMAGE) -binary bin/metaguard \
-		-wrapper deploy/image/iptables-wrapper -version $(VERSION) -revision "$$(git rev-parse HEAD 2>/dev/null)"
+		-wrapper deploy/image/iptables-wrapper -version $(VERSION) -revision $(REVISION)
 
 # The same image from the Dockerfile, for machines with a container engine.
 ENGINE ?= $(shell command -v docker || command -v podman)
 
 image-engine:
 	@test -n "$(ENGINE)" || { echo "make image-engine needs docker or podman (make image needs neither)"; exit 1; }
-	$(ENGINE) build --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) -t $(IMAGE) .
+	$(ENGINE) build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE) .
 
 clean:
 	rm -rf bin

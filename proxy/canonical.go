@@ -40,7 +40,7 @@ func badRequest(reason string) *RequestError {
 // maxPathBytes bounds the request path; metadata paths are short.
 const maxPathBytes = 2048
 
-// Canonicalize checks r against everything DESIGN.md's request path
+// Canonicalize checks r against everything docs/design.md's request path
 // refuses and returns the canonical request, or the error to answer.
 //
 // It works on the raw request-target (r.RequestURI), never on r.URL.Path:
@@ -89,8 +89,14 @@ func Canonicalize(r *http.Request, ep *policy.Endpoint) (*CanonicalRequest, *Req
 		// refuse them all rather than rely on which framing wins.
 		return nil, badRequest("Transfer-Encoding refused")
 	}
-	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && (r.ContentLength != 0) {
-		return nil, badRequest("body on " + r.Method)
+	if !ep.Serves(r.Method, rawPath) {
+		return nil, &RequestError{Status: http.StatusMethodNotAllowed, Reason: r.Method + " is not served on this path"}
+	}
+	if r.ContentLength != 0 && !ep.AcceptsBody(r.Method) {
+		// The API defines no body here (GET, HEAD, the AWS token PUT): a
+		// body can only be a second request, waiting for an upstream that
+		// answers without reading it and then answers the hidden one too.
+		return nil, badRequest("a body on " + r.Method + " is refused: the API defines none here")
 	}
 
 	c := &CanonicalRequest{Method: r.Method, Path: rawPath}
@@ -150,6 +156,9 @@ var strictValues = map[string]map[string]bool{
 	"recursive":       {"true": true, "false": true},
 	"alt":             {"json": true, "text": true},
 	"wait_for_change": {"true": true, "false": true},
+	// GCP token binding: which transport the token is bound to.
+	"transport":           {"mtls": true, "alts": true},
+	"binding-enforcement": {"on": true},
 }
 
 // headerHasToken reports whether a comma-separated header has token,

@@ -61,4 +61,9 @@ bin/cni/%: e2e-tools-force
 	@CGO_ENABLED=0 MODULE=cni-plugins $(E2E_TOOLS_DIR)build.sh cni/$* github.com/containernetworking/plugins/plugins/$(filter %/$*,ipam/host-local main/bridge main/loopback meta/portmap) \
 		"-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$(CNI_PLUGINS_VERSION)"
 
+# staticcheck for make lint, pinned like the e2e tools so that lint builds
+# from the module cache and runs offline.
+bin/staticcheck: e2e-tools-force
+	@$(E2E_TOOLS_DIR)build.sh staticcheck honnef.co/go/tools/cmd/staticcheck
+
 e2e-tools-force:

@@ -24,7 +24,7 @@ func TestGetReportsWhatTheContainerSaw(t *testing.T) {
 		t.Fatalf("exit %d", code)
 	}
 	var got result
-	if err := json.Unmarshal(out.Bytes(), &got); err != nil || got != (result{OK: true, Status: 200, Body: "metadata server"}) {
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil || !got.OK || got.Status != 200 || got.Body != "metadata server" {
 		t.Fatalf("get /ok: %+v (%v)", got, err)
 	}
 	if res := get(t.Context(), ts.URL+"/denied"); res.OK || res.Status != 403 {
