@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,48 +68,6 @@ func (n *realNode) kubectl(args ...string) string {
 	return string(out)
 }
 
-// kustomization writes an operator's kustomization.yaml into its own
-// directory under the run's artifacts: resources (paths of this checkout,
-// made relative, as an operator's copy of deploy/ would be), components,
-// the image moved to ref, and extra YAML appended verbatim. It returns the
-// directory, for kubectl apply -k.
-func (n *realNode) kustomization(name, ref string, resources, components []string, extra string) string {
-	n.t.Helper()
-	dir := filepath.Join(n.dir, name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		n.t.Fatal(err)
-	}
-	rel := func(p string) string {
-		abs, err := filepath.Abs(filepath.Join("..", p))
-		if err != nil {
-			n.t.Fatal(err)
-		}
-		r, err := filepath.Rel(dir, abs)
-		if err != nil {
-			n.t.Fatal(err)
-		}
-		return r
-	}
-	repo, tag := splitRef(n.t, ref)
-	var b strings.Builder
-	b.WriteString("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n")
-	for _, r := range resources {
-		fmt.Fprintf(&b, "  - %s\n", rel(r))
-	}
-	if len(components) > 0 {
-		b.WriteString("components:\n")
-		for _, c := range components {
-			fmt.Fprintf(&b, "  - %s\n", rel(c))
-		}
-	}
-	fmt.Fprintf(&b, "images:\n  - name: metaguard\n    newName: %s\n    newTag: %s\n", repo, tag)
-	b.WriteString(extra)
-	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(b.String()), 0o644); err != nil {
-		n.t.Fatal(err)
-	}
-	return dir
-}
-
 func splitRef(t *testing.T, ref string) (repo, tag string) {
 	t.Helper()
 	i := strings.LastIndex(ref, ":")
@@ -118,12 +75,6 @@ func splitRef(t *testing.T, ref string) (repo, tag string) {
 		t.Fatalf("image %q has no tag", ref)
 	}
 	return ref[:i], ref[i+1:]
-}
-
-// rollout waits as an operator does: kubectl rollout status.
-func (n *realNode) rollout(ds string) {
-	n.t.Helper()
-	n.kubectl("-n", "metaguard", "rollout", "status", "ds/"+ds, "--timeout=180s")
 }
 
 // metaguardPod is the DaemonSet's running pod on node-a.

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -40,8 +41,11 @@ func TestNodeAWSOverlay(t *testing.T) {
 		t.Fatalf("before metaguard, a pod reads the role listing directly: got %+v; without that this test proves nothing", before)
 	}
 
-	install := n.applyInstall(n.image, "")
-	n.rollout("metaguard")
+	// The operator guide's install, verbatim.
+	n.writeGuideFile("Install", "install/kustomization.yaml", n.image, nil)
+	n.runGuide("Install")
+	*n.state = installState{ref: n.image}
+	install := filepath.Join(n.dir, "install")
 
 	steps := []struct {
 		name string
@@ -52,7 +56,7 @@ func TestNodeAWSOverlay(t *testing.T) {
 		{"a rolling update to a new tag never lets a workload reach the IMDS directly", checkRollingUpdate},
 		{"a policy edit reaches the pod through the kubelet: seed scenario 001 on real containers", checkSeedScenario},
 		{"a broken policy edit keeps the policy in force", checkBrokenEdit},
-		{"uninstalling with deploy/cleanup leaves pods reaching the IMDS as before", func(t *testing.T, n *realNode) { checkUninstall(t, n, install, bystander, before) }},
+		{"uninstalling with deploy/cleanup leaves pods reaching the IMDS as before", func(t *testing.T, n *realNode) { checkUninstall(t, n, bystander, before) }},
 	}
 	for _, st := range steps {
 		// Each step starts from where the previous one left the node.

@@ -24,41 +24,33 @@ type installState struct {
 	ref, policy string
 }
 
-// policyGenerator replaces the overlay's policy with the operator's
-// policy.yaml, keeping the ConfigMap's name so running pods reload it.
-const policyGenerator = `configMapGenerator:
-  - name: metaguard-policy
-    namespace: metaguard
-    behavior: replace
-    files:
-      - policy.yaml
-    options:
-      disableNameSuffixHash: true
-      labels:
-        app.kubernetes.io/name: metaguard
-`
-
-// applyInstall writes the install kustomization for the image ref and the
-// policy ("" keeps the overlay's) and applies it as the operator guide
-// says: kubectl apply --server-side -k.
-func (n *realNode) applyInstall(ref, policy string) string {
+// applyInstall writes the guide's install kustomization for the image
+// ref, with the guide's policy generator and policy.yaml beside it when
+// policy is not empty (else the overlay's own policy), and applies it as
+// the guide's Upgrade says; rollout also waits for the rollout.
+func (n *realNode) applyInstall(ref, policy string, rollout bool) {
 	n.t.Helper()
-	extra := ""
+	var edit func(string) string
+	path := filepath.Join(n.dir, "install", "policy.yaml")
 	if policy != "" {
-		extra = policyGenerator
-	}
-	dir := n.kustomization("install", ref, []string{"deploy/overlays/aws"}, nil, extra)
-	path := filepath.Join(dir, "policy.yaml")
-	if policy != "" {
+		generator := guideFile(n.t, "Upgrade", "install/kustomization.yaml, continued")
+		edit = func(s string) string { return s + generator }
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			n.t.Fatal(err)
+		}
 		if err := os.WriteFile(path, []byte(policy), 0o644); err != nil {
 			n.t.Fatal(err)
 		}
 	} else {
 		os.Remove(path)
 	}
-	n.kubectl("apply", "--server-side", "-k", dir)
+	n.writeGuideFile("Install", "install/kustomization.yaml", ref, edit)
+	if rollout {
+		n.runGuide("Upgrade")
+	} else {
+		n.runGuide("Upgrade", 0)
+	}
 	*n.state = installState{ref, policy}
-	return dir
 }
 
 // metrics scrapes metaguard's /metrics on the node (hostNetwork).
@@ -153,7 +145,7 @@ func checkSeedScenario(t *testing.T, n *realNode) {
 	if r := n.get(pod1, seedURL); r.Status != 200 {
 		t.Fatalf("before the edit nothing guards %s, so pod1 reaches it: %+v", seedURL, r)
 	}
-	n.applyInstall(n.state.ref, seedPolicy)
+	n.applyInstall(n.state.ref, seedPolicy, false)
 	begin := time.Now()
 	// The kubelet updates the mounted ConfigMap on its next sync of the
 	// pod; metaguard sees the ..data symlink swap and reloads.
@@ -188,7 +180,7 @@ func checkBrokenEdit(t *testing.T, n *realNode) {
 		return metric(n.metrics(), "metaguard_policy_reloads_total", map[string]string{"result": "error"})
 	}
 	before := errors()
-	n.applyInstall(n.state.ref, brokenPolicy)
+	n.applyInstall(n.state.ref, brokenPolicy, false)
 	// The refused reload is the signal that the broken file reached the pod.
 	eventually(t, 2*time.Minute, func() bool { return errors() > before })
 	pod1 := workload{"metadata-access", "pod1"}
@@ -201,7 +193,7 @@ func checkBrokenEdit(t *testing.T, n *realNode) {
 	}
 
 	// Back to the overlay's own policy, which guards 169.254.169.254 again.
-	n.applyInstall(n.state.ref, "")
+	n.applyInstall(n.state.ref, "", false)
 	bystander := workload{"shop", "web"}
 	eventually(t, 2*time.Minute, func() bool { return n.get(bystander, credsURL).Status == 403 })
 }

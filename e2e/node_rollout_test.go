@@ -52,8 +52,7 @@ func checkRollingUpdate(t *testing.T, n *realNode) {
 	}
 	old := n.metaguardPod()
 	start := time.Now()
-	n.applyInstall(rolled, n.state.policy)
-	n.rollout("metaguard")
+	n.applyInstall(rolled, n.state.policy, true)
 	end := time.Now()
 	cur := n.metaguardPod()
 	if cur.UID == old.UID || cur.Spec.Containers[0].Image != rolled {
@@ -93,13 +92,10 @@ func checkRollingUpdate(t *testing.T, n *realNode) {
 	n.kubectl("-n", "shop", "delete", "pod", "prober", "--wait=false")
 }
 
-func checkUninstall(t *testing.T, n *realNode, install string, bystander workload, before podResult) {
+func checkUninstall(t *testing.T, n *realNode, bystander workload, before podResult) {
 	// The operator guide's uninstall, step by step.
-	n.kubectl("-n", "metaguard", "delete", "ds", "metaguard")
-	cleanup := n.kustomization("cleanup", n.state.ref, []string{"deploy/cleanup"}, nil, "")
-	n.kubectl("apply", "--server-side", "-k", cleanup)
-	n.rollout("metaguard-cleanup")
-	n.kubectl("delete", "-k", install, "--ignore-not-found")
+	n.writeGuideFile("Uninstall", "cleanup/kustomization.yaml", n.state.ref, nil)
+	n.runGuide("Uninstall")
 	n.kubectl("wait", "--for=delete", "namespace/metaguard", "--timeout=120s")
 
 	if rules := n.iptablesSave(); strings.Contains(rules, "METAGUARD") {

@@ -18,15 +18,26 @@ import (
 // remove.
 const notReadyTaint = "metaguard.dev/not-ready"
 
-// installWithNodeTaint installs the AWS overlay with the node-taint
-// component (and any further components, e.g. an admission policy that
-// narrows what the taint grant allows) from an operator's kustomization.
-func (n *realNode) installWithNodeTaint(components ...string) string {
+// installWithNodeTaint installs the guide's kustomization with the
+// node-taint component and applies it (without waiting for the rollout:
+// the taint's removal is what the test watches). components are further
+// components of this checkout (e.g. deploy/components/...), listed after
+// node-taint, as an operator would add an admission policy that narrows
+// what the taint grant allows.
+func (n *realNode) installWithNodeTaint(components ...string) {
 	n.t.Helper()
-	dir := n.kustomization("install", n.image, []string{"deploy/overlays/aws"},
-		append([]string{"deploy/components/node-taint"}, components...), "")
-	n.kubectl("apply", "--server-side", "-k", dir)
-	return dir
+	const taintComponent = "  - " + guideCheckout + "deploy/components/node-taint\n"
+	n.writeGuideFile("Install", "install/kustomization.yaml, with the node-taint component", n.image, func(s string) string {
+		if !strings.Contains(s, taintComponent) {
+			n.t.Fatalf("the guide's node-taint kustomization no longer lists %q", taintComponent)
+		}
+		more := taintComponent
+		for _, c := range components {
+			more += "  - " + guideCheckout + c + "\n"
+		}
+		return strings.Replace(s, taintComponent, more, 1)
+	})
+	n.runGuide("Install", 0)
 }
 
 // nodeTainted reports whether node-a carries the taint.
