@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"bufio"
-	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -16,6 +15,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // installState is the operator's install kustomization as last applied:
@@ -88,16 +89,15 @@ func (n *realNode) nodeGet(url string) (int, string) {
 
 // auditLines are the audit lines in the metaguard container's log (its
 // stdout; the operational log, on stderr, is not JSON with a decision).
-func (n *realNode) auditLines() []auditLine {
+func (n *realNode) auditLines() []audit.Record {
 	n.t.Helper()
 	out := n.kubectl("-n", "metaguard", "logs", n.metaguardPod().Name, "-c", "metaguard")
-	var lines []auditLine
+	var lines []audit.Record
 	sc := bufio.NewScanner(strings.NewReader(out))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		var l auditLine
-		if json.Unmarshal(sc.Bytes(), &l) == nil && l.Decision != "" {
-			lines = append(lines, l)
+		if r, err := audit.Decode(sc.Bytes()); err == nil {
+			lines = append(lines, r)
 		}
 	}
 	return lines
@@ -128,7 +128,7 @@ func checkSDK(t *testing.T, n *realNode, bystander workload) {
 	eventually(t, 30*time.Second, func() bool {
 		for _, l := range n.auditLines() {
 			if l.Namespace == "shop" && l.Pod == "web" && strings.Contains(l.Path, "iam/security-credentials") {
-				return l.Decision == "deny" && l.Reason == "credential-path"
+				return l.Decision == audit.DecisionDeny && l.Reason == audit.ReasonCredentialPath
 			}
 		}
 		return false
