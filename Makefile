@@ -39,7 +39,7 @@ bin/pause:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $@ ./e2e/cmd/pause
 
 bin/imagebuild:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./cmd/imagebuild
+	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./deploy/image/cmd/imagebuild
 
 # The AWS SDK for JavaScript's IMDS credential provider, pinned by
 # e2e/jsclient/package-lock.json, installed with the machine's Node.js and

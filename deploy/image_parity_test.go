@@ -16,7 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
-	"metaguard.dev/metaguard/imagebuild"
+	"metaguard.dev/metaguard/deploy/image/imagebuild"
 )
 
 // TestImageBuilderMatchesTheDockerfile keeps the two ways to build the

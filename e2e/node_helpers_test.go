@@ -16,7 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"metaguard.dev/metaguard/e2e/sandbox"
-	"metaguard.dev/metaguard/imagebuild"
+	"metaguard.dev/metaguard/deploy/image/imagebuild"
 )
 
 // metaguardImageArchive is what `make image` writes: the same archive an

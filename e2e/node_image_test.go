@@ -15,7 +15,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
-	"metaguard.dev/metaguard/imagebuild"
+	"metaguard.dev/metaguard/deploy/image/imagebuild"
 )
 
 // TestNodeImageArchive opens the archive make image wrote (the one the

@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"metaguard.dev/metaguard/imagebuild"
+	"metaguard.dev/metaguard/deploy/image/imagebuild"
 )
 
 // The images every real node has before the kubelet starts; nothing is ever

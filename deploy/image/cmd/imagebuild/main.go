@@ -18,7 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"metaguard.dev/metaguard/imagebuild"
+	"metaguard.dev/metaguard/deploy/image/imagebuild"
 )
 
 func main() { os.Exit(run(os.Args[1:])) }
