@@ -15,8 +15,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"metaguard.dev/metaguard/e2e/sandbox"
 	"metaguard.dev/metaguard/deploy/image/imagebuild"
+	"metaguard.dev/metaguard/e2e/sandbox"
 )
 
 // metaguardImageArchive is what `make image` writes: the same archive an
