@@ -57,6 +57,9 @@ test: lint unit fuzz e2e e2e-node
 unit:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
+	# The memory-cost measurements are meaningless under -race (its shadow
+	# memory and bigger stacks): they run once without it.
+	$(GO) test -count=1 -run 'TestMeasuredCosts|TestStripping' ./proxy
 
 # The node sandbox with metaguard as a process; the real-node tests
 # (TestNode*) are e2e-node's.

@@ -35,7 +35,7 @@ func newConnMetrics(prefix, what string) *connMetrics {
 		}, []string{"limit"}),
 		connsEvicted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: prefix + "connections_evicted_total",
-			Help: "Idle or silent " + what + " connections closed to make room for another source's new connection at the total limit.",
+			Help: what + " connections closed to make room for another source's new connection at the total limit: idle ones, half-sent ones, or ones that sent nothing yet.",
 		}),
 		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: prefix + "connections_open",

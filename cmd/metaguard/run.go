@@ -327,6 +327,7 @@ func requestPathBudget(log *slog.Logger) (proxy.Budget, error) {
 	}
 	log.Info("request path budget", "memory_limit", limit, "connections", b.Conns, "connections_per_source", b.ConnsPerSource,
 		"in_flight", b.InFlight, "in_flight_per_source", b.InFlightPerSource, "long_polls", b.LongPolls,
+		"long_polls_per_source", b.LongPollsPerSource,
 		"strip_bytes", b.StripBytes, "strip_bytes_per_source", b.StripBytesPerSource)
 	return b, nil
 }
