@@ -5,6 +5,7 @@
 #   make demo    a local node sandbox and a guided tour (root)
 #   make bench   side-by-side benchmarks into BENCHMARKS.md (root)
 #   make lint    gofmt, go vet, staticcheck
+#   make manifests  re-render deploy/ from charts/metaguard
 #   make image   the container image (needs a container engine)
 
 GO        ?= go
@@ -16,7 +17,7 @@ FUZZTIME  ?= 60000x
 
 include e2e/tools/tools.mk
 
-.PHONY: all build test unit e2e demo bench lint fuzz image clean bin/metaguard bin/fakecloud bin/podclient
+.PHONY: all build test unit e2e demo bench lint fuzz image clean manifests bin/metaguard bin/fakecloud bin/podclient
 
 all: build
 
@@ -67,6 +68,11 @@ fuzz:
 	$(FUZZ) -fuzz '^FuzzStripJSONIsValidAndIdempotent$$' -fuzztime $(FUZZTIME) ./proxy
 	$(FUZZ) -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./proxy/policy
 	$(FUZZ) -fuzz '^FuzzCanonicalPath$$' -fuzztime $(FUZZTIME) ./proxy/policy
+
+# deploy/ is rendered from the chart (one source of truth); a unit test
+# fails when the committed files differ from a fresh render.
+manifests:
+	$(GO) test -count=1 -run '^TestDeployIsRenderedFromChart$$' ./deploy -update
 
 ENGINE ?= $(shell command -v docker || command -v podman)
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -15,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 )
 
@@ -138,24 +139,17 @@ func loadDir(t *testing.T, dir string) []object {
 	return out
 }
 
-// render builds a kustomization the way `kubectl apply -k` would, with
-// kubectl's built-in kustomize or a kustomize binary; the test is skipped
-// when neither is installed.
-func render(t *testing.T, dir string) []object {
+// kustomizeBuild builds a kustomization the way `kubectl apply -k` would, with
+// kustomize's own library (kubectl embeds the same).
+func kustomizeBuild(t *testing.T, dir string) []object {
 	t.Helper()
-	var cmd *exec.Cmd
-	if path, err := exec.LookPath("kubectl"); err == nil {
-		cmd = exec.CommandContext(t.Context(), path, "kustomize", dir)
-	} else if path, err := exec.LookPath("kustomize"); err == nil {
-		cmd = exec.CommandContext(t.Context(), path, "build", dir)
-	} else {
-		t.Skip("neither kubectl nor kustomize is installed; overlays are checked file by file only")
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	res, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
 	if err != nil {
-		t.Fatalf("rendering %s: %v\n%s", dir, err, stderr.String())
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	out, err := res.AsYaml()
+	if err != nil {
+		t.Fatal(err)
 	}
 	objs, err := decodeManifests(dir, out)
 	if err != nil {

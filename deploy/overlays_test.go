@@ -61,7 +61,10 @@ var overlays = []overlay{
 	},
 	{
 		dir:       "overlays/gcp",
-		endpoints: map[string]string{"gcp": "169.254.169.254:80 gcp"},
+		endpoints: map[string]string{
+			"gcp":    "169.254.169.254:80 gcp",
+			"gcp-v6": "[fd20:ce::254]:80 gcp",
+		},
 		extra:     []string{"ResourceQuota"},
 	},
 	{
@@ -163,7 +166,7 @@ func TestOverlayKustomizations(t *testing.T) {
 // TestRenderedOverlays builds each kustomization as `kubectl apply -k`
 // would and checks the objects that would reach the API server.
 func TestRenderedOverlays(t *testing.T) {
-	base := render(t, "base")
+	base := kustomizeBuild(t, "base")
 	baseDS := find[*appsv1.DaemonSet](t, base, "DaemonSet", "metaguard")
 
 	cases := []struct {
@@ -181,7 +184,7 @@ func TestRenderedOverlays(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name+" renders the base objects with only its own changes", func(t *testing.T) {
-			objs := render(t, c.dir)
+			objs := kustomizeBuild(t, c.dir)
 			checkRendered(t, objs, baseDS, c.nodeTaint, c.extra)
 			if c.policy != "" {
 				want, err := os.ReadFile(c.policy)
@@ -216,7 +219,7 @@ func TestRenderedOverlays(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		objs := render(t, dir)
+		objs := kustomizeBuild(t, dir)
 		checkRendered(t, objs, baseDS, true, nil)
 		cm := find[*corev1.ConfigMap](t, objs, "ConfigMap", "metaguard-policy")
 		checkPolicy(t, overlays[0], []byte(cm.Data[policyKey]))
