@@ -50,6 +50,7 @@ var generatedFiles = []generated{
 	{path: "base/rbac.yaml", values: kustomizeValues(nil), template: "rbac.yaml"},
 	{path: "base/configmap.yaml", values: kustomizeValues(nil), template: "configmap.yaml"},
 	{path: "base/daemonset.yaml", values: kustomizeValues(nil), template: "daemonset.yaml"},
+	{path: "components/node-taint/node-taint.yaml", values: kustomizeValues(map[string]any{"nodeTaint": map[string]any{"enabled": true}}), template: "node-taint.yaml"},
 	{path: "overlays/gcp/resourcequota.yaml", values: kustomizeValues(map[string]any{"preset": "gcp"}), template: "resourcequota.yaml"},
 	{path: "overlays/aws/policy.yaml", file: "files/policies/aws.yaml"},
 	{path: "overlays/gcp/policy.yaml", file: "files/policies/gcp.yaml"},

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -224,6 +225,34 @@ func TestChartValues(t *testing.T) {
 		ds := chartDaemonSet(t, nil)
 		if ds.Labels["app.kubernetes.io/managed-by"] != "Helm" || len(ds.Spec.Selector.MatchLabels) != 1 {
 			t.Errorf("labels %v selector %v", ds.Labels, ds.Spec.Selector.MatchLabels)
+		}
+	})
+}
+
+func TestChartNodeTaint(t *testing.T) {
+	t.Run("off, the chart grants nothing on nodes and admits no policy", func(t *testing.T) {
+		for _, o := range renderChart(t, nil) {
+			if o.kind == "ValidatingAdmissionPolicy" || o.obj.GetName() == "metaguard-node-taint" {
+				t.Errorf("%s %s rendered without nodeTaint", o.kind, o.obj.GetName())
+			}
+		}
+	})
+	t.Run("on, the grant comes with the admission policy that narrows it, bound to deny", func(t *testing.T) {
+		objs := renderChart(t, map[string]any{"nodeTaint": map[string]any{"enabled": true}})
+		args := find[*appsv1.DaemonSet](t, objs, "DaemonSet", "metaguard").Spec.Template.Spec.Containers[0].Args
+		if !slices.Contains(args, nodeTaintArg) {
+			t.Errorf("args %q lack %s", args, nodeTaintArg)
+		}
+		vap := find[*admissionv1.ValidatingAdmissionPolicy](t, objs, "ValidatingAdmissionPolicy", "metaguard-node-taint")
+		if vap.Spec.FailurePolicy == nil || *vap.Spec.FailurePolicy != admissionv1.Fail {
+			t.Error("the policy does not fail closed")
+		}
+		if len(vap.Spec.MatchConditions) != 1 || vap.Spec.MatchConditions[0].Expression != `request.userInfo.username == "system:serviceaccount:metaguard:metaguard"` {
+			t.Errorf("match conditions %+v", vap.Spec.MatchConditions)
+		}
+		b := find[*admissionv1.ValidatingAdmissionPolicyBinding](t, objs, "ValidatingAdmissionPolicyBinding", "metaguard-node-taint")
+		if b.Spec.PolicyName != vap.Name || !slices.Equal(b.Spec.ValidationActions, []admissionv1.ValidationAction{admissionv1.Deny}) {
+			t.Errorf("binding %+v", b.Spec)
 		}
 	})
 }

@@ -37,6 +37,7 @@ var decoder = serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict)
 var allowedKinds = map[string]bool{
 	"Namespace": true, "ServiceAccount": true, "ConfigMap": true, "ResourceQuota": true,
 	"ClusterRole": true, "ClusterRoleBinding": true, "DaemonSet": true,
+	"ValidatingAdmissionPolicy": true, "ValidatingAdmissionPolicyBinding": true,
 }
 
 // decodeManifests splits a multi-document YAML stream and decodes each

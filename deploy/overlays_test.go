@@ -17,7 +17,11 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-const nodeTaintArg = "--node-taint=metaguard.dev/not-ready"
+const nodeTaintArg = "--node-taint=" + nodeTaintKey
+
+// nodeTaintKey has the prefix the cluster autoscaler reads as a startup
+// taint.
+const nodeTaintKey = "startup-taint.cluster-autoscaler.kubernetes.io/metaguard-not-ready"
 
 // policyDoc is the part of the policy format these tests check. The full
 // format is validated by `metaguard validate`; here only the deployment's
@@ -60,12 +64,12 @@ var overlays = []overlay{
 		},
 	},
 	{
-		dir:       "overlays/gcp",
+		dir: "overlays/gcp",
 		endpoints: map[string]string{
 			"gcp":    "169.254.169.254:80 gcp",
 			"gcp-v6": "[fd20:ce::254]:80 gcp",
 		},
-		extra:     []string{"ResourceQuota"},
+		extra: []string{"ResourceQuota"},
 	},
 	{
 		dir: "overlays/azure",

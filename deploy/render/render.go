@@ -20,7 +20,7 @@ const (
 
 // KubeVersion is the Kubernetes version templates see: the oldest the
 // chart supports (status.hostIPs).
-const KubeVersion = "v1.29.0"
+const KubeVersion = "v1.30.0"
 
 // Manifest renders the chart in dir with values exactly as `helm template
 // metaguard dir -n metaguard` does: values validated against the chart's
