@@ -92,7 +92,7 @@ func (f *forwarder) rewrite(pr *httputil.ProxyRequest) {
 			delete(h, k)
 		}
 	}
-	if ex.decision.Action == policy.Strip && !ex.decision.Audit {
+	if ex.decision.Action == policy.Strip {
 		// The body must come back as plain text or JSON to be filtered.
 		h.Del("Accept-Encoding")
 	}
@@ -100,7 +100,7 @@ func (f *forwarder) rewrite(pr *httputil.ProxyRequest) {
 
 func (f *forwarder) modifyResponse(resp *http.Response) error {
 	ex := resp.Request.Context().Value(exchangeKey{}).(*exchange)
-	if ex.decision.Action != policy.Strip || ex.decision.Audit || resp.StatusCode != http.StatusOK || resp.Request.Method == http.MethodHead {
+	if ex.decision.Action != policy.Strip || resp.StatusCode != http.StatusOK || resp.Request.Method == http.MethodHead {
 		resp.Body = &limitedBody{ReadCloser: resp.Body, left: f.s.cfg.MaxResponseBytes}
 		return nil
 	}

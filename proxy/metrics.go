@@ -2,14 +2,18 @@ package proxy
 
 import (
 	"fmt"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // metrics of the request path. Labels never carry pod names or paths:
 // their cardinality would grow with the cluster.
 type metrics struct {
 	requests       *prometheus.CounterVec
+	denied         *prometheus.CounterVec
 	duration       *prometheus.HistogramVec
 	upstreamErrors *prometheus.CounterVec
 	connsRejected  *prometheus.CounterVec
@@ -22,6 +26,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "metaguard_requests_total",
 			Help: "Requests by endpoint, decision (allow, strip, deny, audit-deny) and response code.",
 		}, []string{"endpoint", "decision", "code"}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "metaguard_denied_requests_total",
+			Help: "Refused requests by endpoint and reason (a bounded set of codes: unknown-pod, not-allowed-by-rules, credential-path, malformed-request, ...).",
+		}, []string{"endpoint", "reason"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "metaguard_request_duration_seconds",
 			Help: "Time from request headers read to response written, by endpoint and decision.",
@@ -44,10 +52,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.upstreamErrors, m.connsRejected, m.connsOpen} {
+	for _, c := range []prometheus.Collector{m.requests, m.denied, m.duration, m.upstreamErrors, m.connsRejected, m.connsOpen} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering proxy metrics: %w", err)
 		}
 	}
 	return m, nil
+}
+
+// observe counts one finished request.
+func (m *metrics) observe(rec *audit.Record) {
+	decision := rec.Decision.String()
+	m.requests.WithLabelValues(rec.Endpoint, decision, strconv.Itoa(rec.Status)).Inc()
+	m.duration.WithLabelValues(rec.Endpoint, decision).Observe(rec.Duration.Seconds())
+	if rec.Decision == audit.DecisionDeny {
+		m.denied.WithLabelValues(rec.Endpoint, rec.Reason.String()).Inc()
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"metaguard.dev/metaguard/identity"
+	"metaguard.dev/metaguard/proxy/audit"
 	"metaguard.dev/metaguard/proxy/policy"
 )
 
@@ -143,13 +144,17 @@ func newHarnessPolicy(t *testing.T, flavor, extra string, h http.HandlerFunc, mu
 		t.Fatal(err)
 	}
 	hs := &harness{t: t, up: up, audit: &syncBuffer{}, reg: prometheus.NewRegistry()}
+	aw, err := audit.NewWriter(hs.audit, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	hs.pol.Store(pol)
 	hs.endpoint.Store(&pol.Endpoints()[0].Addr)
 	cfg := Config{
 		Policy:      hs.pol.Load,
 		Identities:  testPods,
 		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return *hs.endpoint.Load(), nil },
-		Audit:       hs.audit,
+		Audit:       aw,
 		Registerer:  hs.reg,
 	}
 	for _, m := range mutate {

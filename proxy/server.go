@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"metaguard.dev/metaguard/identity"
+	"metaguard.dev/metaguard/proxy/audit"
 	"metaguard.dev/metaguard/proxy/policy"
 )
 
@@ -28,12 +29,9 @@ type Config struct {
 	// for (SO_ORIGINAL_DST). Nil means the listener's own address, for a
 	// listener that serves one endpoint without redirect.
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
-	// Audit receives one JSON line per request. Nil discards them.
-	Audit io.Writer
-	// AuditFlushInterval batches audit lines and writes them this often
-	// (and when 64 KiB are pending, and when Serve returns). Zero writes
-	// every line as it is made.
-	AuditFlushInterval time.Duration
+	// Audit receives one record per request. Nil discards them. The
+	// caller runs and closes it.
+	Audit *audit.Writer
 	// Log is the operational logger. Nil discards.
 	Log *slog.Logger
 	// Registerer receives the request-path metrics. Nil registers none.
@@ -73,13 +71,11 @@ const (
 
 // Server is the metadata proxy: an http.Handler plus its listener limits.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	audit    *auditLog
-	m        *metrics
-	rp       *forwarder
-	limiter  *podLimiter
-	auditBuf *bufferedAudit // nil when lines are written as they are made
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics
+	rp      *forwarder
+	limiter *podLimiter
 }
 
 // New builds a Server.
@@ -100,7 +96,11 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxResponseBytes = 8 << 20
 	}
 	if cfg.Audit == nil {
-		cfg.Audit = io.Discard
+		discard, err := audit.NewWriter(io.Discard, audit.Options{})
+		if err != nil {
+			return nil, err
+		}
+		cfg.Audit = discard
 	}
 	log := cfg.Log
 	if log == nil {
@@ -111,12 +111,6 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: log, m: m, limiter: newPodLimiter()}
-	auditDst := cfg.Audit
-	if cfg.AuditFlushInterval > 0 {
-		s.auditBuf = newBufferedAudit(cfg.Audit, log)
-		auditDst = s.auditBuf
-	}
-	s.audit = newAuditLog(auditDst)
 	s.rp = newForwarder(s, cfg.Transport)
 	return s, nil
 }
@@ -142,14 +136,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		maxPerSrc:   s.cfg.MaxConnsPerSource,
 		m:           s.m,
 		bySrc:       map[netip.Addr]int{},
-	}
-	if s.auditBuf != nil {
-		// The flusher outlives the HTTP server: its final flush runs
-		// after Shutdown has let every request finish.
-		fctx, fcancel := context.WithCancel(context.Background())
-		flushed := make(chan struct{})
-		go func() { defer close(flushed); s.auditBuf.run(fctx, s.cfg.AuditFlushInterval) }()
-		defer func() { fcancel(); <-flushed }()
 	}
 	done := make(chan struct{})
 	stopped := make(chan struct{})
