@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -236,7 +237,22 @@ func TestDocsPoliciesAndCommands(t *testing.T) {
 				t.Errorf("%s:%d: `%s` exits %d:\n%s", name, c.line, c.cmd, code, out)
 			}
 		}
+		var ran []string
 		for _, b := range blocks {
+			if b.lang == "console" {
+				for _, c := range consoleCommands(b) {
+					ran = append(ran, c.cmd)
+				}
+			}
+		}
+		for _, b := range blocks {
+			if f, ok := b.attrs["file"]; ok && b.lang == "sh" {
+				// A script the page writes must be one the page runs.
+				if !slices.ContainsFunc(ran, func(c string) bool { return strings.Contains(c, f) }) {
+					t.Errorf("%s:%d: script %s is never run in a console block", name, b.line, f)
+				}
+				continue
+			}
 			if b.lang != "console" {
 				checkNotHidden(t, name, b)
 				continue
