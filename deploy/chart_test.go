@@ -51,10 +51,19 @@ var generatedFiles = []generated{
 	{path: "base/configmap.yaml", values: kustomizeValues(nil), template: "configmap.yaml"},
 	{path: "base/daemonset.yaml", values: kustomizeValues(nil), template: "daemonset.yaml"},
 	{path: "components/node-taint/node-taint.yaml", values: kustomizeValues(map[string]any{"nodeTaint": map[string]any{"enabled": true}}), template: "node-taint.yaml"},
+	{path: "components/monitoring/monitoring.yaml", values: kustomizeValues(map[string]any{"metrics": monitoringKit}), template: "monitoring.yaml"},
 	{path: "overlays/gcp/resourcequota.yaml", values: kustomizeValues(map[string]any{"preset": "gcp"}), template: "resourcequota.yaml"},
 	{path: "overlays/aws/policy.yaml", file: "files/policies/aws.yaml"},
 	{path: "overlays/gcp/policy.yaml", file: "files/policies/gcp.yaml"},
 	{path: "overlays/azure/policy.yaml", file: "files/policies/azure.yaml"},
+}
+
+// monitoringKit is the metrics values deploy/components/monitoring is
+// rendered with.
+var monitoringKit = map[string]any{
+	"podMonitor":     map[string]any{"enabled": true},
+	"prometheusRule": map[string]any{"enabled": true},
+	"dashboard":      map[string]any{"enabled": true},
 }
 
 func (g generated) want(t *testing.T) []byte {

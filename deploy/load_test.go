@@ -11,6 +11,9 @@ import (
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -38,6 +41,23 @@ var allowedKinds = map[string]bool{
 	"Namespace": true, "ServiceAccount": true, "ConfigMap": true, "ResourceQuota": true,
 	"ClusterRole": true, "ClusterRoleBinding": true, "DaemonSet": true,
 	"ValidatingAdmissionPolicy": true, "ValidatingAdmissionPolicyBinding": true,
+	"Service": true, "PodMonitor": true, "ServiceMonitor": true, "PrometheusRule": true,
+}
+
+// operatorGroup is the Prometheus Operator's API group. Its kinds have no
+// Go types here; they are decoded as unstructured objects and checked
+// against the operator's own CRDs on a real API server in e2e.
+const operatorGroup = "monitoring.coreos.com"
+
+func decodeOne(doc []byte) (runtime.Object, *schema.GroupVersionKind, error) {
+	var u unstructured.Unstructured
+	if err := yaml.Unmarshal(doc, &u.Object); err != nil {
+		return nil, nil, err
+	}
+	if gvk := u.GroupVersionKind(); gvk.Group == operatorGroup {
+		return &u, &gvk, nil
+	}
+	return decoder.Decode(doc, nil, nil)
 }
 
 // decodeManifests splits a multi-document YAML stream and decodes each
@@ -56,7 +76,7 @@ func decodeManifests(name string, data []byte) ([]object, error) {
 		if j, err := yaml.YAMLToJSON(doc); err == nil && string(j) == "null" {
 			continue // only comments or whitespace
 		}
-		o, gvk, err := decoder.Decode(doc, nil, nil)
+		o, gvk, err := decodeOne(doc)
 		if err != nil {
 			return nil, fmt.Errorf("decoding %s: %w", name, err)
 		}
