@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
@@ -12,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
+
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 
 	"metaguard.dev/metaguard/deploy/render"
 )
@@ -253,6 +256,54 @@ func TestChartNodeTaint(t *testing.T) {
 		b := find[*admissionv1.ValidatingAdmissionPolicyBinding](t, objs, "ValidatingAdmissionPolicyBinding", "metaguard-node-taint")
 		if b.Spec.PolicyName != vap.Name || !slices.Equal(b.Spec.ValidationActions, []admissionv1.ValidationAction{admissionv1.Deny}) {
 			t.Errorf("binding %+v", b.Spec)
+		}
+	})
+}
+
+func TestChartMonitoring(t *testing.T) {
+	on := map[string]any{"enabled": true}
+	t.Run("a PodMonitor scrapes the metrics port of metaguard's pods as job metaguard, with the node", func(t *testing.T) {
+		objs := renderChart(t, map[string]any{"metrics": map[string]any{"podMonitor": on}})
+		pm := find[*monitoringv1.PodMonitor](t, objs, "PodMonitor", "metaguard")
+		if pm.Spec.JobLabel != appLabel || pm.Spec.Selector.MatchLabels[appLabel] != "metaguard" {
+			t.Errorf("jobLabel %q selector %v", pm.Spec.JobLabel, pm.Spec.Selector)
+		}
+		ep := pm.Spec.PodMetricsEndpoints
+		if len(ep) != 1 || ep[0].Port == nil || *ep[0].Port != "metrics" || len(ep[0].RelabelConfigs) != 1 || ep[0].RelabelConfigs[0].TargetLabel != "node" {
+			t.Errorf("endpoints %+v", ep)
+		}
+	})
+	t.Run("a ServiceMonitor comes with the headless Service it needs", func(t *testing.T) {
+		objs := renderChart(t, map[string]any{"metrics": map[string]any{"serviceMonitor": on}})
+		sm := find[*monitoringv1.ServiceMonitor](t, objs, "ServiceMonitor", "metaguard")
+		svc := find[*corev1.Service](t, objs, "Service", "metaguard-metrics")
+		if svc.Spec.ClusterIP != corev1.ClusterIPNone || svc.Spec.Selector[appLabel] != "metaguard" {
+			t.Errorf("service %+v", svc.Spec)
+		}
+		for k, v := range sm.Spec.Selector.MatchLabels {
+			if svc.Labels[k] != v {
+				t.Errorf("the ServiceMonitor's selector %v does not select the Service %v", sm.Spec.Selector.MatchLabels, svc.Labels)
+			}
+		}
+	})
+	t.Run("both monitors at once are refused: every node would be scraped twice", func(t *testing.T) {
+		if _, err := render.Manifest(chartDir, map[string]any{"metrics": map[string]any{"podMonitor": on, "serviceMonitor": on}}); err == nil {
+			t.Error("rendered")
+		}
+	})
+	t.Run("the PrometheusRule and the dashboard carry the chart's files", func(t *testing.T) {
+		objs := renderChart(t, map[string]any{"metrics": map[string]any{"prometheusRule": on, "dashboard": on}})
+		pr := find[*monitoringv1.PrometheusRule](t, objs, "PrometheusRule", "metaguard")
+		if len(pr.Spec.Groups) != 1 || len(pr.Spec.Groups[0].Rules) < 10 {
+			t.Errorf("groups %+v", pr.Spec.Groups)
+		}
+		cm := find[*corev1.ConfigMap](t, objs, "ConfigMap", "metaguard-dashboard")
+		want, err := os.ReadFile(chartDir + "/files/monitoring/dashboard.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cm.Data["metaguard.json"] != strings.TrimRight(string(want), "\n") || cm.Labels["grafana_dashboard"] != "1" {
+			t.Errorf("dashboard ConfigMap labels %v, or its JSON differs from files/monitoring/dashboard.json", cm.Labels)
 		}
 	})
 }

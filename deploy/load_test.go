@@ -10,10 +10,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -33,7 +32,19 @@ type object struct {
 // and duplicate fields are errors, and field names are case-sensitive as
 // in the API server (encoding/json would take readOnlyRootFileSystem for
 // readOnlyRootFilesystem, which the server then drops).
-var decoder = serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
+// The Prometheus Operator's kinds are decoded into its own Go types, as
+// strictly as the built-in ones.
+var decoder = serializer.NewCodecFactory(manifestScheme(), serializer.EnableStrict).UniversalDeserializer()
+
+func manifestScheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{scheme.AddToScheme, monitoringv1.AddToScheme} {
+		if err := add(s); err != nil {
+			panic(err)
+		}
+	}
+	return s
+}
 
 // allowedKinds are the kinds deploy/ is meant to contain: a new kind has to
 // be added here, and so reviewed, before the tests accept it.
@@ -42,22 +53,6 @@ var allowedKinds = map[string]bool{
 	"ClusterRole": true, "ClusterRoleBinding": true, "DaemonSet": true,
 	"ValidatingAdmissionPolicy": true, "ValidatingAdmissionPolicyBinding": true,
 	"Service": true, "PodMonitor": true, "ServiceMonitor": true, "PrometheusRule": true,
-}
-
-// operatorGroup is the Prometheus Operator's API group. Its kinds have no
-// Go types here; they are decoded as unstructured objects and checked
-// against the operator's own CRDs on a real API server in e2e.
-const operatorGroup = "monitoring.coreos.com"
-
-func decodeOne(doc []byte) (runtime.Object, *schema.GroupVersionKind, error) {
-	var u unstructured.Unstructured
-	if err := yaml.Unmarshal(doc, &u.Object); err != nil {
-		return nil, nil, err
-	}
-	if gvk := u.GroupVersionKind(); gvk.Group == operatorGroup {
-		return &u, &gvk, nil
-	}
-	return decoder.Decode(doc, nil, nil)
 }
 
 // decodeManifests splits a multi-document YAML stream and decodes each
@@ -76,7 +71,7 @@ func decodeManifests(name string, data []byte) ([]object, error) {
 		if j, err := yaml.YAMLToJSON(doc); err == nil && string(j) == "null" {
 			continue // only comments or whitespace
 		}
-		o, gvk, err := decodeOne(doc)
+		o, gvk, err := decoder.Decode(doc, nil, nil)
 		if err != nil {
 			return nil, fmt.Errorf("decoding %s: %w", name, err)
 		}
