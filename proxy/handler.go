@@ -20,6 +20,7 @@ type exchange struct {
 	id       identity.Identity
 	decision policy.Decision
 	rec      *audit.Record
+	held     held // what the exchange took from the server's limits
 }
 
 type exchangeKey struct{}
@@ -79,7 +80,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(rw, rec, http.StatusForbidden, audit.ReasonForwardedHeader, "requests carrying X-Forwarded-For, Forwarded or X-Forwarded-Host are refused")
 		return
 	}
-	ex := &exchange{pol: pol, ep: ep, canon: canon, rec: rec, id: id}
+	ex := &exchange{pol: pol, ep: ep, canon: canon, rec: rec, id: id, held: held{lim: s.lim}}
 
 	// A request nobody can be held to is refused in every mode: audit
 	// mode forwards what a known pod's rules would deny, never what no
@@ -116,6 +117,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !s.limiter.allow(limiterKey(ex), pol.RateLimit) {
 		rw.Header().Set("Retry-After", "1")
 		s.deny(rw, ex, http.StatusTooManyRequests, audit.ReasonRateLimited)
+		return
+	}
+	if !s.lim.admit(ex) {
+		// Over a budget: refused now rather than queued behind the pod
+		// that filled it.
+		rw.Header().Set("Retry-After", "1")
+		s.deny(rw, ex, http.StatusServiceUnavailable, audit.ReasonOverloaded)
 		return
 	}
 	s.rp.forward(rw, r, ex)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -146,7 +147,7 @@ func TestAuditLogHasEveryFieldAndNoSecret(t *testing.T) {
 		}
 	}
 	if len(l) != 17 {
-		t.Errorf("audit line has %d fields, want exactly the 17 of the design: %v", len(l), l)
+		t.Errorf("audit line has %d fields, want exactly the 17 of docs/design.md: %v", len(l), l)
 	}
 	want := map[string]any{"src_ip": "127.0.0.11", "pod": "agent", "namespace": "ops", "pod_uid": "uid-2", "service_account": "agent",
 		"endpoint": "ep", "method": "GET", "path": "/metadata/identity/oauth2/token", "decision": "allow", "rule": "accessors", "status": float64(200)}
@@ -196,7 +197,7 @@ func TestRateLimitIsPerPod(t *testing.T) {
 }
 
 func TestOneSourceCannotExhaustConnections(t *testing.T) {
-	h := newHarness(t, "aws", ok("i-1"), func(c *Config) { c.MaxConnsPerSource = 20 })
+	h := newHarness(t, "aws", ok("i-1"), func(c *Config) { c.Budget.ConnsPerSource = 20 })
 	var conns []net.Conn
 	defer func() {
 		for _, c := range conns {
@@ -276,5 +277,65 @@ func TestRefusedProbesAreAttributedToTheirPod(t *testing.T) {
 	l := h.waitAudit(1)[0]
 	if l["pod"] != "frontend" || l["namespace"] != "web" || l["reason"] != "malformed-request" || l["path"] != "/latest/meta-data/%2e%2e/iam" {
 		t.Fatalf("audit line %v: a refused probe must name its pod and raw path", l)
+	}
+}
+
+// TestAFullProxyMakesRoomForAnotherPod: at the total limit, a newcomer's
+// connection is admitted by closing an idle connection of the source that
+// holds more than its fair share, never by refusing the newcomer.
+func TestAFullProxyMakesRoomForAnotherPod(t *testing.T) {
+	h := newHarness(t, "aws", ok("i-1"), func(c *Config) { c.Budget.Conns, c.Budget.ConnsPerSource = 10, 8 })
+	// plainPod holds 8 idle keep-alive connections, each after one request.
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: plainPod.AsSlice()}}
+	for range 8 {
+		c, err := d.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, "GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("filling: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		idle = append(idle, c)
+	}
+	// Two more from the accessor fill the proxy.
+	d2 := net.Dialer{LocalAddr: &net.TCPAddr{IP: accessorPod.AsSlice()}}
+	for range 2 {
+		c, err := d2.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	waitFor(t, func() bool { return testutil.ToFloat64(h.srv.m.connsOpen) == 10 })
+	resp, body := h.do(otherPod, "GET", "/latest/meta-data/instance-id", nil)
+	if resp.StatusCode != 200 || body != "i-1" {
+		t.Fatalf("a newcomer at the total limit got %d %q", resp.StatusCode, body)
+	}
+	if v := testutil.ToFloat64(h.srv.m.connsEvicted); v != 1 {
+		t.Errorf("connections_evicted_total = %v, want 1 (an idle connection of the heaviest source)", v)
+	}
+	if v := testutil.ToFloat64(h.rejected("total")); v != 0 {
+		t.Errorf("connections_rejected_total{limit=total} = %v: the newcomer was refused", v)
+	}
+}
+
+// waitFor polls cond for up to 5 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -16,8 +16,36 @@ type metrics struct {
 	denied         *prometheus.CounterVec
 	duration       *prometheus.HistogramVec
 	upstreamErrors *prometheus.CounterVec
-	connsRejected  *prometheus.CounterVec
-	connsOpen      prometheus.Gauge
+	*connMetrics
+}
+
+// connMetrics are a limited listener's: what it holds, refuses and closes
+// to make room.
+type connMetrics struct {
+	connsRejected *prometheus.CounterVec
+	connsEvicted  prometheus.Counter
+	connsOpen     prometheus.Gauge
+}
+
+func newConnMetrics(prefix, what string) *connMetrics {
+	return &connMetrics{
+		connsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: prefix + "connections_rejected_total",
+			Help: what + " connections closed at accept because a limit was reached (per_source, total).",
+		}, []string{"limit"}),
+		connsEvicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: prefix + "connections_evicted_total",
+			Help: "Idle or silent " + what + " connections closed to make room for another source's new connection at the total limit.",
+		}),
+		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: prefix + "connections_open",
+			Help: what + " connections currently open.",
+		}),
+	}
+}
+
+func (m *connMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.connsRejected, m.connsEvicted, m.connsOpen}
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -40,19 +68,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "metaguard_upstream_errors_total",
 			Help: "Forwarded requests that failed upstream (connection error, timeout, unstrippable response), by endpoint.",
 		}, []string{"endpoint"}),
-		connsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "metaguard_connections_rejected_total",
-			Help: "Connections closed at accept because a limit was reached (per_source, total).",
-		}, []string{"limit"}),
-		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "metaguard_connections_open",
-			Help: "Client connections currently open on the proxy listener.",
-		}),
+		connMetrics: newConnMetrics("metaguard_", "Client"),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.denied, m.duration, m.upstreamErrors, m.connsRejected, m.connsOpen} {
+	for _, c := range append([]prometheus.Collector{m.requests, m.denied, m.duration, m.upstreamErrors}, m.collectors()...) {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering proxy metrics: %w", err)
 		}

@@ -36,16 +36,20 @@ type Config struct {
 	Log *slog.Logger
 	// Registerer receives the request-path metrics. Nil registers none.
 	Registerer prometheus.Registerer
-	// Transport sends requests upstream; nil builds a bounded one.
+	// Transport sends requests upstream; nil builds a bounded one that
+	// dials through DialContext.
 	Transport http.RoundTripper
+	// DialContext connects to an endpoint; nil is a plain net.Dialer. cmd
+	// passes one that keeps NAT away from metaguard's own upstream flows.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Budget bounds connections, requests in flight and strip buffers;
+	// the zero value is BudgetFor(32 MiB).
+	Budget Budget
 
 	// UpstreamTimeout bounds one forwarded request, response body
 	// included, except GCP wait_for_change long polls, which get their
 	// own timeout_sec on top. Default 10s.
 	UpstreamTimeout time.Duration
-	// MaxConns and MaxConnsPerSource bound open client connections.
-	// Defaults 4096 and 256.
-	MaxConns, MaxConnsPerSource int
 	// MaxResponseBytes bounds a relayed response body. Default 8 MiB.
 	MaxResponseBytes int64
 }
@@ -76,6 +80,7 @@ type Server struct {
 	m       *metrics
 	rp      *forwarder
 	limiter *podLimiter
+	lim     *limits
 }
 
 // New builds a Server.
@@ -86,11 +91,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.UpstreamTimeout <= 0 {
 		cfg.UpstreamTimeout = 10 * time.Second
 	}
-	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = 4096
-	}
-	if cfg.MaxConnsPerSource <= 0 {
-		cfg.MaxConnsPerSource = 256
+	if cfg.Budget == (Budget{}) {
+		b, err := BudgetFor(32 << 20)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Budget = b
 	}
 	if cfg.MaxResponseBytes <= 0 {
 		cfg.MaxResponseBytes = 8 << 20
@@ -110,7 +116,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, m: m, limiter: newPodLimiter()}
+	s := &Server{cfg: cfg, log: log, m: m, limiter: newPodLimiter(), lim: newLimits(cfg.Budget)}
 	s.rp = newForwarder(s, cfg.Transport)
 	return s, nil
 }
@@ -124,6 +130,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ConnContext:       connContext,
+		ConnState:         trackConnState,
 		// "OPTIONS *" must reach the handler to be refused, not be
 		// answered 200 by net/http.
 		DisableGeneralOptionsHandler: true,
@@ -132,10 +139,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	ll := &limitListener{
 		Listener:    ln,
 		originalDst: s.cfg.OriginalDst,
-		maxTotal:    s.cfg.MaxConns,
-		maxPerSrc:   s.cfg.MaxConnsPerSource,
-		m:           s.m,
-		bySrc:       map[netip.Addr]int{},
+		maxTotal:    s.cfg.Budget.Conns,
+		maxPerSrc:   s.cfg.Budget.ConnsPerSource,
+		m:           s.m.connMetrics,
+		bySrc:       map[netip.Addr]map[*limitedConn]struct{}{},
 	}
 	done := make(chan struct{})
 	stopped := make(chan struct{})
@@ -155,6 +162,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	err := srv.Serve(ll)
 	close(done)
 	<-stopped
+	// The upstream side's idle connections (and their goroutines) end
+	// with the server.
+	if ci, ok := s.rp.rt.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -193,7 +195,12 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 		})
 	}
 
+	budget, err := requestPathBudget(log)
+	if err != nil {
+		return err
+	}
 	srv, err := proxy.New(proxy.Config{
+		Budget:          budget,
 		Policy:          store.Current,
 		Identities:      index,
 		OriginalDst:     originalDst(o.iptables),
@@ -241,7 +248,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(gctx, proxyLn) })
-	g.Go(func() error { return serveMetrics(gctx, metricsLn, reg, ready, log) })
+	g.Go(func() error { return proxy.ServeAdmin(gctx, metricsLn, adminHandler(reg, ready), reg, log) })
 	g.Go(func() error { return index.Run(gctx) })
 	g.Go(func() error { store.Watch(gctx, o.reloadInterval); return nil })
 	g.Go(func() error { auditW.Run(gctx); return nil })
@@ -285,7 +292,8 @@ func originalDst(iptables bool) func(net.Conn) (netip.AddrPort, error) {
 	return redirect.OriginalDst
 }
 
-func serveMetrics(ctx context.Context, ln net.Listener, reg *prometheus.Registry, ready func() []string, log *slog.Logger) error {
+// adminHandler serves /metrics, /healthz and /readyz.
+func adminHandler(reg *prometheus.Registry, ready func() []string) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
@@ -297,15 +305,28 @@ func serveMetrics(ctx context.Context, ln net.Listener, reg *prometheus.Registry
 		}
 		io.WriteString(w, "ok\n")
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serving metrics: %w", err)
+	return mux
+}
+
+// defaultMemLimit is what the request path is budgeted against when
+// GOMEMLIMIT is not set: the DaemonSet's container limit.
+const defaultMemLimit = 64 << 20
+
+// requestPathBudget derives the proxy's caps from the Go memory limit
+// (GOMEMLIMIT), so that connections, requests in flight and strip buffers
+// together fit under it.
+func requestPathBudget(log *slog.Logger) (proxy.Budget, error) {
+	limit := debug.SetMemoryLimit(-1)
+	if limit == math.MaxInt64 {
+		log.Warn("GOMEMLIMIT is not set: the request path is budgeted for a 64 MiB limit; set GOMEMLIMIT below the container's memory limit")
+		limit = defaultMemLimit
 	}
-	return nil
+	b, err := proxy.BudgetFor(proxy.DefaultRequestPathBytes(limit))
+	if err != nil {
+		return b, fmt.Errorf("GOMEMLIMIT %d: %w", limit, err)
+	}
+	log.Info("request path budget", "memory_limit", limit, "connections", b.Conns, "connections_per_source", b.ConnsPerSource,
+		"in_flight", b.InFlight, "in_flight_per_source", b.InFlightPerSource, "long_polls", b.LongPolls,
+		"strip_bytes", b.StripBytes, "strip_bytes_per_source", b.StripBytesPerSource)
+	return b, nil
 }
