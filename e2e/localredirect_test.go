@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"metaguard.dev/metaguard/e2e/sandbox"
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // TestARedirectThatIsNotMetaguardsIsRefused backs the known limit in
@@ -32,7 +33,7 @@ rules:
 		t.Fatalf("a connection to the listen port got %d %q, want 403 unknown-endpoint", r.status, r.body)
 	}
 	lines := n.waitAudit(1)
-	if l := lines[len(lines)-1]; l.Reason != "unknown-endpoint" || l.Decision != "deny" {
+	if l := lines[len(lines)-1]; l.Reason != audit.ReasonUnknownEndpoint || l.Decision != audit.DecisionDeny {
 		t.Errorf("audit line %+v, want deny unknown-endpoint", l)
 	}
 }
