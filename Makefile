@@ -5,6 +5,7 @@
 #   make demo    a local node sandbox and a guided tour (root)
 #   make bench   side-by-side benchmarks into BENCHMARKS.md (root)
 #   make lint    gofmt, go vet, staticcheck
+#   make manifests  re-render deploy/ from charts/metaguard
 #   make image   the container image as an OCI archive, bin/metaguard-image.tar,
 #                without a container engine (root; debootstrap)
 #   make e2e-node  the end-to-end tests on a real kubelet node (root)
@@ -20,7 +21,7 @@ FUZZTIME  ?= 60000x
 
 include e2e/tools/tools.mk
 
-.PHONY: all build test unit e2e e2e-node demo bench lint fuzz image image-engine clean bin/metaguard bin/fakecloud bin/podclient bin/pause bin/imagebuild
+.PHONY: all build test unit e2e e2e-node demo bench lint fuzz image image-engine clean manifests bin/metaguard bin/fakecloud bin/podclient bin/pause bin/imagebuild
 
 all: build
 
@@ -102,6 +103,11 @@ fuzz:
 	# Each input runs two whole suggestions (about 10 ms): 400 of them.
 	$(FUZZ) -fuzz '^FuzzOnePodCannotWidenWhatItsGroupIsGranted$$' -fuzztime 400x ./proxy/policy/suggest
 	$(FUZZ) -fuzz '^FuzzCanonicalPath$$' -fuzztime $(FUZZTIME) ./proxy/policy
+
+# deploy/ is rendered from the chart (one source of truth); a unit test
+# fails when the committed files differ from a fresh render.
+manifests:
+	$(GO) test -count=1 -run '^TestDeployIsRenderedFromChart$$' ./deploy -update
 
 # The image as an OCI archive, without a container engine: a Debian root
 # from debootstrap (root; the first build downloads Debian's packages, later

@@ -1,5 +1,6 @@
 #!/bin/sh
-# build.sh NAME PACKAGE [LDFLAGS]: build one pinned e2e tool into bin/NAME.
+# build.sh NAME PACKAGE [LDFLAGS]: build one pinned e2e tool into bin/NAME
+# (GOFLAGS, such as build tags, is part of the stamp too).
 #
 # Each tool is its own Go module under e2e/tools/NAME, so its (large)
 # dependency graph never touches metaguard's go.mod. Commands released
@@ -30,7 +31,7 @@ bin=$root/bin
 stamp=$bin/.$name.stamp
 
 want=$(cd "$dir" && cat go.mod go.sum *.go | sha256sum | cut -d' ' -f1)
-want="$want $pkg${ldflags:+ $ldflags}${tags:+ tags=$tags}${CGO_ENABLED:+ cgo=$CGO_ENABLED}"
+want="$want $pkg${ldflags:+ $ldflags}${tags:+ tags=$tags}${CGO_ENABLED:+ cgo=$CGO_ENABLED}${GOFLAGS:+ $GOFLAGS}"
 
 if [ -x "$bin/$name" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 	exit 0

@@ -11,7 +11,7 @@
 #                   containerd, runc and the CNI plugins
 
 E2E_TOOLS_DIR := $(dir $(lastword $(MAKEFILE_LIST)))
-E2E_TOOLS := bin/etcd bin/kube-apiserver bin/ec2-metadata-mock
+E2E_TOOLS := bin/etcd bin/kube-apiserver bin/ec2-metadata-mock bin/promtool
 CNI_PLUGINS := bridge host-local loopback portmap
 E2E_NODE_TOOLS := bin/kubelet bin/kube-controller-manager bin/kube-scheduler bin/kubectl \
 	bin/containerd bin/containerd-shim-runc-v2 bin/ctr bin/runc $(CNI_PLUGINS:%=bin/cni/%)
@@ -65,5 +65,11 @@ bin/cni/%: e2e-tools-force
 # from the module cache and runs offline.
 bin/staticcheck: e2e-tools-force
 	@$(E2E_TOOLS_DIR)build.sh staticcheck honnef.co/go/tools/cmd/staticcheck
+
+# promtool tests the shipped alerting rules. remove_all_sd leaves out
+# Prometheus' service-discovery plugins (cloud SDKs, Kubernetes), which
+# promtool's rule checks and unit tests never use: a fraction of the build.
+bin/promtool: e2e-tools-force
+	@TAGS=remove_all_sd $(E2E_TOOLS_DIR)build.sh promtool github.com/prometheus/prometheus/cmd/promtool
 
 e2e-tools-force:
