@@ -3,10 +3,12 @@ package proxy
 import (
 	"fmt"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"metaguard.dev/metaguard/proxy/audit"
+	"metaguard.dev/metaguard/proxy/policy"
 )
 
 // metrics of the request path. Labels never carry pod names or paths:
@@ -17,6 +19,29 @@ type metrics struct {
 	duration       *prometheus.HistogramVec
 	upstreamErrors *prometheus.CounterVec
 	*connMetrics
+
+	// seen is the policy whose endpoints have their series made.
+	seen atomic.Pointer[policy.Policy]
+}
+
+// alertedReasons are the denial reasons alerts take a rate of: their
+// series exist at zero from the start, so that the first event is an
+// increase and not the birth of a series at 1, which rate() cannot see.
+var alertedReasons = []audit.Reason{audit.ReasonUnknownPod, audit.ReasonPolicyInvalid, audit.ReasonOverloaded, audit.ReasonCredentialPath}
+
+// ensureSeries makes the alerted series of every endpoint of p, once per
+// policy.
+func (m *metrics) ensureSeries(p *policy.Policy) {
+	if m.seen.Load() == p {
+		return
+	}
+	m.seen.Store(p)
+	for _, ep := range p.Endpoints() {
+		m.upstreamErrors.WithLabelValues(ep.Name)
+		for _, r := range alertedReasons {
+			m.denied.WithLabelValues(ep.Name, r.String())
+		}
+	}
 }
 
 // connMetrics are a limited listener's: what it holds, refuses and closes
@@ -28,7 +53,7 @@ type connMetrics struct {
 }
 
 func newConnMetrics(prefix, what string) *connMetrics {
-	return &connMetrics{
+	m := &connMetrics{
 		connsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: prefix + "connections_rejected_total",
 			Help: what + " connections closed at accept because a limit was reached (per_source, total).",
@@ -42,6 +67,10 @@ func newConnMetrics(prefix, what string) *connMetrics {
 			Help: what + " connections currently open.",
 		}),
 	}
+	for _, limit := range []string{"per_source", "total"} {
+		m.connsRejected.WithLabelValues(limit)
+	}
+	return m
 }
 
 func (m *connMetrics) collectors() []prometheus.Collector {
