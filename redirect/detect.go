@@ -108,7 +108,7 @@ func countRules(r runner, tables []string) int {
 			}
 			for _, line := range lines {
 				_, spec, ok := parseRule(line)
-				if ok && !jumpsTo(spec, NATChain) && !jumpsTo(spec, FilterChain) {
+				if ok && !slices.ContainsFunc(ownChains, func(c string) bool { return jumpsTo(spec, c) }) {
 					n++
 				}
 			}

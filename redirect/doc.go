@@ -4,10 +4,15 @@
 // the DNS (UDP and TCP 53) and NTP (UDP 123) that GCP and Azure serve on
 // their metadata addresses, unless the policy names that very port.
 //
-// It installs, verifies, repairs and removes exactly two chains per address
-// family, nat METAGUARD-PREROUTING (jumped to from PREROUTING at position 1)
-// and filter METAGUARD-FORWARD (jumped to from FORWARD at position 1), and
-// nothing else. The desired rules are a pure function of the endpoints, the
+// It installs, verifies, repairs and removes exactly three chains per
+// address family, nat METAGUARD-PREROUTING (jumped to from PREROUTING at
+// position 1), filter METAGUARD-FORWARD (from FORWARD at position 1) and
+// nat METAGUARD-OUTPUT (from OUTPUT at position 1, ACCEPTing metaguard's
+// marked upstream connections before any other nat rule can DNAT them),
+// and nothing else. Routing-policy rules at priorities 5 to 7 refuse pods'
+// TCP to the endpoints' ports if the chains are ever flushed
+// (routerules.go), and Run repairs at once on nftables and routing-rule
+// change notifications (events.go). The desired rules are a pure function of the endpoints, the
 // node's host IPs and the proxy port (desiredRules); a Reconciler compares
 // them with what the kernel lists and fixes the difference, so a periodic
 // Sync repairs what another agent's iptables-restore flushed or reordered.
