@@ -40,6 +40,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Transport sends requests upstream; nil builds a bounded one.
 	Transport http.RoundTripper
+	// DialContext connects the built transport to an endpoint (the
+	// redirect package's dialer, which no NAT can capture); nil is a
+	// plain net.Dialer. Unused with Transport.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	// UpstreamTimeout bounds one forwarded request, response body
 	// included, except GCP wait_for_change long polls, which get their
@@ -117,7 +121,13 @@ func New(cfg Config) (*Server, error) {
 		auditDst = s.auditBuf
 	}
 	s.audit = newAuditLog(auditDst)
-	s.rp = newForwarder(s, cfg.Transport)
+	transport := cfg.Transport
+	if transport == nil && cfg.DialContext != nil {
+		t := newUpstreamTransport()
+		t.dial = cfg.DialContext
+		transport = t
+	}
+	s.rp = newForwarder(s, transport)
 	return s, nil
 }
 
