@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"fmt"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -166,6 +167,7 @@ func TestRulesRemovedByAnotherProgramAreRepaired(t *testing.T) {
 }
 
 func testRulesRepaired(t *testing.T, mode string, period, bound time.Duration) {
+	requireNFT(t)
 	n := startNode(t, rulesPolicy, "--iptables-mode="+mode, "--sync-period="+period.String())
 	pod := n.addPod(sandbox.PodSpec{Namespace: "shop", Name: "probe"})
 	ipt := iptablesTools{
@@ -237,7 +239,13 @@ func testRulesRepaired(t *testing.T, mode string, period, bound time.Duration) {
 				if err != nil {
 					return false
 				}
+				// Per endpoint address: a DNAT, an OUTPUT exemption, and
+				// ICMP, DNS, DNS over TCP, NTP and the drop in FORWARD.
 				return firstRuleJumpsToMetaguard(string(save), "PREROUTING") && firstRuleJumpsToMetaguard(string(save), "FORWARD") &&
+					firstRuleJumpsToMetaguard(string(save), "OUTPUT") &&
+					strings.Count(string(save), "-A METAGUARD-PREROUTING ") == len(targets) &&
+					strings.Count(string(save), "-A METAGUARD-OUTPUT ") == len(targets) &&
+					strings.Count(string(save), "-A METAGUARD-FORWARD ") == 5*len(targets) &&
 					strings.Count(string(rules), "prohibit") == len(targets) && strings.Contains(string(rules), "nop")
 			})
 			rulesBack := time.Since(start)
@@ -273,6 +281,14 @@ func testRulesRepaired(t *testing.T, mode string, period, bound time.Duration) {
 				t.Errorf("metaguard_redirect_repairs_total = %v, want more than %v", got, repairs)
 			}
 		})
+	}
+}
+
+// requireNFT fails a test that needs the nft binary, with the fix.
+func requireNFT(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Fatal("nft not found: apt-get install nftables (.ci/run does)")
 	}
 }
 

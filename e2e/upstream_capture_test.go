@@ -146,6 +146,7 @@ func expectRefusedNotForged(t *testing.T, n *node, pod *sandbox.Pod, imp *impost
 // real metadata server, or fail (502); never the impostor.
 func TestUpstreamCannotBeCaptured(t *testing.T) {
 	t.Run("nft back end", func(t *testing.T) {
+		requireNFT(t)
 		n := startNode(t, capturePolicy)
 		accessor := n.addPod(sandbox.PodSpec{Namespace: "shop", Name: "accessor", Labels: map[string]string{"role": "metadata-accessor"}})
 		imp := startImpostor(t, n)
