@@ -1,7 +1,7 @@
 # metaguard: a few plain targets. Everything built lands in bin/ (git-ignored).
 #
 #   make build   the metaguard binary
-#   make test    unit tests (-race) and the end-to-end suite (root)
+#   make test    lint, unit tests (-race), bounded fuzzing and the end-to-end suite (root)
 #   make demo    a local node sandbox and a guided tour (root)
 #   make bench   side-by-side benchmarks into BENCHMARKS.md (root)
 #   make lint    gofmt, go vet, staticcheck
@@ -9,8 +9,8 @@
 
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X main.version=$(VERSION)
-STATICCHECK_VERSION := v0.8.2
+REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 # Bounded fuzzing in CI; the seed corpora also run in every plain go test.
 FUZZTIME  ?= 60000x
 
@@ -31,7 +31,7 @@ bin/fakecloud:
 bin/podclient:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./e2e/cmd/podclient
 
-test: unit fuzz e2e
+test: lint unit fuzz e2e
 
 unit:
 	$(GO) vet ./...
@@ -46,10 +46,10 @@ demo: e2e-tools bin/metaguard bin/fakecloud bin/podclient
 bench: e2e-tools bin/metaguard bin/fakecloud bin/podclient
 	$(GO) run ./e2e/cmd/bench -out BENCHMARKS.md
 
-lint:
+lint: bin/staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet -tags e2e ./...
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) -tags e2e ./...
+	bin/staticcheck -tags e2e ./...
 
 # Each target fuzzes for a bounded number of inputs (FUZZTIME; about 10 s
 # each here), not a duration: Go 1.26's fuzz coordinator can fail a

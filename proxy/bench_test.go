@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
-	"time"
 
 	"metaguard.dev/metaguard/proxy/policy"
 )
@@ -90,7 +89,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 		{"deny", "/latest/meta-data/iam/info", ""},
 	}
 	for _, c := range cases {
-		s, err := New(Config{Policy: func() *policy.Policy { return pol }, Identities: testPods, Transport: staticTransport{c.body}, Audit: io.Discard})
+		s, err := New(Config{Policy: func() *policy.Policy { return pol }, Identities: testPods, Transport: staticTransport{c.body}})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -108,17 +107,5 @@ func BenchmarkServeHTTP(b *testing.B) {
 				}
 			}
 		})
-	}
-}
-
-func BenchmarkAuditWrite(b *testing.B) {
-	a := newAuditLog(io.Discard)
-	id := testPods[plainPod]
-	id.Labels = map[string]string{"app": "web", "pod-template-hash": "5d8f7c", "tier": "frontend", "version": "v1"}
-	rec := &auditRecord{src: plainPod, id: id, endpoint: "aws", method: "GET", path: "/latest/meta-data/instance-id",
-		decision: "allow", rule: "node-facts", reason: "allowed", status: 200, bytes: 19, duration: 300 * time.Microsecond}
-	b.ReportAllocs()
-	for b.Loop() {
-		a.write(context.Background(), rec)
 	}
 }

@@ -89,8 +89,14 @@ func Canonicalize(r *http.Request, ep *policy.Endpoint) (*CanonicalRequest, *Req
 		// refuse them all rather than rely on which framing wins.
 		return nil, badRequest("Transfer-Encoding refused")
 	}
-	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && (r.ContentLength != 0) {
-		return nil, badRequest("body on " + r.Method)
+	if !ep.Serves(r.Method, rawPath) {
+		return nil, &RequestError{Status: http.StatusMethodNotAllowed, Reason: r.Method + " is not served on this path"}
+	}
+	if r.ContentLength != 0 && !ep.AcceptsBody(r.Method) {
+		// The API defines no body here (GET, HEAD, the AWS token PUT): a
+		// body can only be a second request, waiting for an upstream that
+		// answers without reading it and then answers the hidden one too.
+		return nil, badRequest("a body on " + r.Method + " is refused: the API defines none here")
 	}
 
 	c := &CanonicalRequest{Method: r.Method, Path: rawPath}

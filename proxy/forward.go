@@ -1,10 +1,8 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -16,21 +14,23 @@ import (
 	"sync"
 	"time"
 
+	"metaguard.dev/metaguard/proxy/audit"
 	"metaguard.dev/metaguard/proxy/policy"
 )
 
 // forwarder sends allowed requests to their endpoint and relays the
-// answer, stripping it when the decision says so.
+// answer, or, for a strip decision, the answer rebuilt by the stripper.
 type forwarder struct {
 	s  *Server
+	rt http.RoundTripper
 	rp *httputil.ReverseProxy
 }
 
 func newForwarder(s *Server, transport http.RoundTripper) *forwarder {
 	if transport == nil {
-		transport = newUpstreamTransport()
+		transport = newUpstreamTransport(s.cfg.DialContext, s.cfg.Budget.InFlight)
 	}
-	f := &forwarder{s: s}
+	f := &forwarder{s: s, rt: transport}
 	f.rp = &httputil.ReverseProxy{
 		// Rewrite, not Director: Director appends X-Forwarded-For, which
 		// makes AWS refuse the IMDSv2 token PUT and GCP and Azure refuse
@@ -52,6 +52,7 @@ func (f *forwarder) forward(rw *recorder, r *http.Request, ex *exchange) {
 	timeout := f.s.cfg.UpstreamTimeout + longPoll(ex)
 	ctx, cancel := context.WithTimeout(context.WithValue(r.Context(), exchangeKey{}, ex), timeout)
 	defer cancel()
+	defer ex.releaseHeld()
 	rc := http.NewResponseController(rw)
 	_ = rc.SetWriteDeadline(time.Now().Add(timeout + 5*time.Second))
 	if r.ContentLength != 0 {
@@ -66,7 +67,7 @@ func (f *forwarder) forward(rw *recorder, r *http.Request, ex *exchange) {
 // longPoll is the extra time a GCP wait_for_change request may hang
 // upstream: its own timeout_sec, capped.
 func longPoll(ex *exchange) time.Duration {
-	if ex.ep.Flavor != policy.FlavorGCP || ex.canon.Query.Get("wait_for_change") != "true" {
+	if !ex.longPolls() {
 		return 0
 	}
 	secs, err := strconv.Atoi(ex.canon.Query.Get("timeout_sec"))
@@ -74,6 +75,11 @@ func longPoll(ex *exchange) time.Duration {
 		return maxLongPoll
 	}
 	return time.Duration(secs) * time.Second
+}
+
+// longPolls reports whether the request is a GCP wait_for_change.
+func (ex *exchange) longPolls() bool {
+	return ex.ep.Flavor == policy.FlavorGCP && ex.canon.Query.Get("wait_for_change") == "true"
 }
 
 func (f *forwarder) rewrite(pr *httputil.ProxyRequest) {
@@ -92,68 +98,41 @@ func (f *forwarder) rewrite(pr *httputil.ProxyRequest) {
 			delete(h, k)
 		}
 	}
-	if ex.decision.Action == policy.Strip && !ex.decision.Audit {
-		// The body must come back as plain text or JSON to be filtered.
-		h.Del("Accept-Encoding")
+	if pr.In.ContentLength != 0 || pr.In.Method == http.MethodHead {
+		// A request with a body never shares a connection: an upstream
+		// that answered without reading the body would answer the body
+		// too, and that answer must not be waiting for the next pod's
+		// request on a pooled connection. Nor does a HEAD, whose answer
+		// an upstream might follow with a body nobody asked for.
+		pr.Out.Close = true
+	}
+	if ex.decision.Action == policy.Strip {
+		stripRequest(pr.Out, ex)
 	}
 }
 
 func (f *forwarder) modifyResponse(resp *http.Response) error {
 	ex := resp.Request.Context().Value(exchangeKey{}).(*exchange)
-	if ex.decision.Action != policy.Strip || ex.decision.Audit || resp.StatusCode != http.StatusOK || resp.Request.Method == http.MethodHead {
-		resp.Body = &limitedBody{ReadCloser: resp.Body, left: f.s.cfg.MaxResponseBytes}
-		return nil
+	if ex.decision.Action == policy.Strip {
+		return f.stripResponse(resp, ex)
 	}
-	if ce := resp.Header.Get("Content-Encoding"); ce != "" && ce != "identity" {
-		return fmt.Errorf("%w: Content-Encoding %s", errUnstrippable, ce)
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxStripBytes+1))
-	resp.Body.Close()
-	if err != nil {
-		return fmt.Errorf("reading response to strip: %w", err)
-	}
-	if len(body) > maxStripBytes {
-		return fmt.Errorf("%w: larger than %d bytes", errUnstrippable, maxStripBytes)
-	}
-	keep := func(p string) bool { return ex.pol.CanRead(ex.id, ex.ep, p) }
-	q := ex.canon.Query
-	recursive := q.Get("recursive") == "true"
-	switch {
-	case isJSON(resp.Header.Get("Content-Type"), body) && q.Get("alt") != "text":
-		body, _, err = StripJSON(body, ex.canon.Path, keep)
-	case q.Get("alt") == "text" || recursive:
-		// A recursive answer that is not JSON is a text dump; StripText
-		// refuses it whole if it held a credential entry.
-		body, _, err = StripText(body, ex.canon.Path, recursive, keep)
-	default:
-		body, _ = StripListing(body, ex.canon.Path, keep)
-	}
-	if err != nil {
-		return err
-	}
-	resp.Body = io.NopCloser(bytes.NewReader(body))
-	resp.ContentLength = int64(len(body))
-	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
-	resp.Header.Del("Content-MD5")
+	resp.Body = &limitedBody{ReadCloser: resp.Body, left: f.s.cfg.MaxResponseBytes}
 	return nil
 }
 
-// isJSON tells a JSON dump from a listing: by Content-Type when the
-// upstream sets one, else by the first byte.
-func isJSON(contentType string, body []byte) bool {
-	if strings.HasPrefix(contentType, "application/json") {
-		return true
-	}
-	b := bytes.TrimLeft(body, " \t\r\n")
-	return len(b) > 0 && (b[0] == '{' || b[0] == '[')
-}
-
-// upstreamError answers a forwarded request that failed: 504 when the
-// upstream was too slow, 502 for anything else. Never a silent relay.
+// upstreamError answers a forwarded request that failed: 503 when the
+// proxy's own budget ran out, 504 when the upstream was too slow, 502 for
+// anything else. Never a silent relay.
 func (f *forwarder) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	ex := r.Context().Value(exchangeKey{}).(*exchange)
 	if errors.Is(r.Context().Err(), context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 		// The client went away; there is nobody to answer.
+		return
+	}
+	if errors.Is(err, errOverloaded) {
+		ex.rec.Decision, ex.rec.Rule, ex.rec.Reason = audit.DecisionDeny, "", audit.ReasonOverloaded
+		w.Header().Set("Retry-After", "1")
+		writeLine(w, http.StatusServiceUnavailable, "metaguard: too busy; retry")
 		return
 	}
 	f.s.m.upstreamErrors.WithLabelValues(ex.ep.Name).Inc()

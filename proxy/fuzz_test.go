@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"metaguard.dev/metaguard/proxy/audit"
 	"metaguard.dev/metaguard/proxy/policy"
 )
 
@@ -69,12 +70,16 @@ func FuzzForwardedPathIsTheMatchedPath(f *testing.F) {
 		}
 		ep := pol.Endpoints()[int(which)%len(pol.Endpoints())]
 		wire := &wireRecorder{}
-		var audit bytes.Buffer
+		var auditLog bytes.Buffer
+		aw, err := audit.NewWriter(&auditLog, audit.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
 		s, err := New(Config{
 			Policy:     func() *policy.Policy { return pol },
 			Identities: pods{netip.MustParseAddr("10.0.0.1"): testPods[plainPod]},
 			Transport:  wire,
-			Audit:      &audit,
+			Audit:      aw,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -87,7 +92,7 @@ func FuzzForwardedPathIsTheMatchedPath(f *testing.F) {
 			return
 		}
 		var line struct{ Path, Decision string }
-		if err := json.Unmarshal(audit.Bytes(), &line); err != nil {
+		if err := json.Unmarshal(auditLog.Bytes(), &line); err != nil {
 			t.Fatalf("audit line: %v", err)
 		}
 		sentPath, _, _ := strings.Cut(wire.sent[0], "?")

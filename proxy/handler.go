@@ -8,17 +8,8 @@ import (
 	"time"
 
 	"metaguard.dev/metaguard/identity"
+	"metaguard.dev/metaguard/proxy/audit"
 	"metaguard.dev/metaguard/proxy/policy"
-)
-
-// Reasons the proxy decides on its own, before or besides the policy.
-const (
-	reasonUnknownEndpoint = "unknown-endpoint"
-	reasonForwardedHeader = "forwarded-header"
-	reasonUnknownPod      = "unknown-pod"
-	reasonAmbiguousIP     = "ambiguous-ip"
-	reasonIdentityError   = "identity-error"
-	reasonRateLimited     = "rate-limited"
 )
 
 // exchange is one request on its way through the stages.
@@ -28,23 +19,26 @@ type exchange struct {
 	canon    *CanonicalRequest
 	id       identity.Identity
 	decision policy.Decision
-	rec      *auditRecord
+	rec      *audit.Record
+	held     held // what the exchange took from the server's limits
 }
 
 type exchangeKey struct{}
+
+// unknownPodRetry is the Retry-After of a request whose pod is not known
+// yet: the informer usually catches up within a second or two.
+const unknownPodRetry = "1"
 
 // ServeHTTP runs a request through canonicalise, identify, decide and
 // forward/strip/deny, then audits and counts it whatever happened.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rw := &recorder{ResponseWriter: w}
-	rec := &auditRecord{src: addrOf(remoteAddr(r)), method: safeToken(r.Method), path: safePath(r.RequestURI), endpoint: "unknown", decision: "deny"}
+	rec := &audit.Record{SrcIP: addrOf(remoteAddr(r)), Method: safeToken(r.Method), Path: safePath(r.RequestURI), Endpoint: "unknown"}
 	defer func() {
-		rec.status, rec.bytes, rec.duration = rw.code(), rw.n, time.Since(start)
-		s.audit.write(r.Context(), rec)
-		code := strconv.Itoa(rec.status)
-		s.m.requests.WithLabelValues(rec.endpoint, rec.decision, code).Inc()
-		s.m.duration.WithLabelValues(rec.endpoint, rec.decision).Observe(rec.duration.Seconds())
+		rec.Status, rec.Bytes, rec.Duration = rw.code(), rw.n, time.Since(start)
+		s.cfg.Audit.Write(r.Context(), rec)
+		s.m.observe(rec)
 	}()
 
 	pol := s.cfg.Policy()
@@ -53,74 +47,98 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		// A connection straight to the proxy port, or one bound for an
 		// endpoint a reload just removed: nothing to forward to.
-		s.refuse(rw, rec, http.StatusForbidden, reasonUnknownEndpoint, "connection is not bound for a metadata endpoint")
+		s.refuse(rw, rec, http.StatusForbidden, audit.ReasonUnknownEndpoint, "connection is not bound for a metadata endpoint")
 		return
 	}
-	rec.endpoint = ep.Name
+	rec.Endpoint = ep.Name
 
 	// Identify before judging the request's form, so that even a refused
 	// probe (a "..", an encoded slash) is attributed to its pod in the
 	// audit log: those are the lines an investigation looks for.
-	id, idErr := s.cfg.Identities.Lookup(r.Context(), rec.src)
+	id, idErr := s.cfg.Identities.Lookup(r.Context(), rec.SrcIP)
 	if idErr == nil {
-		rec.id = id
+		setIdentity(rec, id)
 	} else if r.Context().Err() != nil {
 		// The client left while we waited for its identity.
-		rec.reason = "client-gone"
+		rec.Reason = audit.ReasonClientGone
 		return
 	}
 
 	canon, rerr := Canonicalize(r, ep)
 	if rerr != nil {
-		s.refuse(rw, rec, rerr.Status, "malformed-request", rerr.Reason)
+		reason := audit.ReasonMalformed
+		if rerr.Status == http.StatusMethodNotAllowed {
+			reason = audit.ReasonMethod
+		}
+		s.refuse(rw, rec, rerr.Status, reason, rerr.Reason)
 		return
 	}
-	rec.path, rec.queryKeys = canon.Path, canon.QueryKeys
+	rec.Path, rec.QueryKeys = canon.Path, canon.QueryKeys
 	if hasForwardedHeader(r.Header) {
 		// The clouds refuse these to stop SSRF through a workload's own
 		// proxy; stripping them would erase the evidence instead.
-		s.refuse(rw, rec, http.StatusForbidden, reasonForwardedHeader, "requests carrying X-Forwarded-For, Forwarded or X-Forwarded-Host are refused")
+		s.refuse(rw, rec, http.StatusForbidden, audit.ReasonForwardedHeader, "requests carrying X-Forwarded-For, Forwarded or X-Forwarded-Host are refused")
 		return
 	}
+	ex := &exchange{pol: pol, ep: ep, canon: canon, rec: rec, id: id, held: held{lim: s.lim}}
 
-	ex := &exchange{pol: pol, ep: ep, canon: canon, rec: rec, id: id}
+	// A request nobody can be held to is refused in every mode: audit
+	// mode forwards what a known pod's rules would deny, never what no
+	// rule can be written for.
 	switch {
-	case idErr == nil:
-		ex.decision = pol.Decide(id, policy.Request{Endpoint: ep, Method: canon.Method, Path: canon.Path, Query: canon.Query})
 	case errors.Is(idErr, identity.ErrAmbiguous):
-		ex.decision = unidentified(pol, reasonAmbiguousIP)
+		s.deny(rw, ex, http.StatusForbidden, audit.ReasonAmbiguousIP)
+		return
 	case errors.Is(idErr, identity.ErrNotFound):
-		ex.decision = unidentified(pol, reasonUnknownPod)
-	default:
-		s.log.Warn("identity lookup failed", "src_ip", rec.src, "error", idErr)
-		ex.decision = unidentified(pol, reasonIdentityError)
-	}
-	rec.decision, rec.rule, rec.reason = ex.decision.Label(), ex.decision.Rule, ex.decision.Reason
-
-	if ex.decision.Forwarded() && !s.limiter.allow(limiterKey(ex), pol.RateLimit) {
-		rec.decision, rec.rule, rec.reason = "deny", "", reasonRateLimited
-		rw.Header().Set("Retry-After", "1")
-		s.writeDenial(rw, ex, http.StatusTooManyRequests)
+		// Transient: a pod seen by the kernel before the informer. The
+		// SDKs retry a 503, never a 403.
+		rw.Header().Set("Retry-After", unknownPodRetry)
+		s.deny(rw, ex, http.StatusServiceUnavailable, audit.ReasonUnknownPod)
+		return
+	case idErr != nil:
+		s.log.Warn("identity lookup failed", "src_ip", rec.SrcIP, "error", idErr)
+		rw.Header().Set("Retry-After", unknownPodRetry)
+		s.deny(rw, ex, http.StatusServiceUnavailable, audit.ReasonIdentityError)
 		return
 	}
+	if err := pol.Invalid(); err != nil {
+		// No valid policy was ever loaded: nothing is allowed until one is.
+		rw.Header().Set("Retry-After", "5")
+		s.refuse(rw, rec, http.StatusServiceUnavailable, audit.ReasonPolicyInvalid, "no valid policy is loaded: "+err.Error())
+		return
+	}
+
+	ex.decision = pol.Decide(id, policy.Request{Endpoint: ep, Method: canon.Method, Path: canon.Path, Query: canon.Query})
+	rec.Decision, rec.Rule, rec.Reason = ex.decision.Label(), ex.decision.Rule, ex.decision.Reason
 	if !ex.decision.Forwarded() {
 		s.writeDenial(rw, ex, http.StatusForbidden)
+		return
+	}
+	if !s.limiter.allow(limiterKey(ex), pol.RateLimit) {
+		rw.Header().Set("Retry-After", "1")
+		s.deny(rw, ex, http.StatusTooManyRequests, audit.ReasonRateLimited)
+		return
+	}
+	if !s.lim.admit(ex) {
+		// Over a budget: refused now rather than queued behind the pod
+		// that filled it.
+		rw.Header().Set("Retry-After", "1")
+		s.deny(rw, ex, http.StatusServiceUnavailable, audit.ReasonOverloaded)
 		return
 	}
 	s.rp.forward(rw, r, ex)
 }
 
-// unidentified is the decision for a request whose pod is not known:
-// deny, except that a policy in audit mode forwards it and says so.
-func unidentified(pol *policy.Policy, reason string) policy.Decision {
-	return policy.Decision{Action: policy.Deny, Audit: pol.Mode == policy.ModeAudit, Reason: reason}
+func setIdentity(rec *audit.Record, id identity.Identity) {
+	rec.Pod, rec.Namespace, rec.PodUID = id.Name, id.Namespace, id.UID
+	rec.ServiceAccount, rec.Labels = id.ServiceAccount, id.Labels
 }
 
 func limiterKey(ex *exchange) string {
 	if ex.id.UID != "" {
 		return ex.id.UID
 	}
-	return ex.rec.src.String()
+	return ex.rec.SrcIP.String()
 }
 
 func hasForwardedHeader(h http.Header) bool {
@@ -128,13 +146,20 @@ func hasForwardedHeader(h http.Header) bool {
 }
 
 // refuse answers a request refused before any policy decision.
-func (s *Server) refuse(rw *recorder, rec *auditRecord, status int, reason, msg string) {
-	rec.decision, rec.reason = "deny", reason
+func (s *Server) refuse(rw *recorder, rec *audit.Record, status int, reason audit.Reason, msg string) {
+	rec.Decision, rec.Rule, rec.Reason = audit.DecisionDeny, "", reason
 	writeLine(rw, status, "metaguard: "+msg)
 }
 
-// writeDenial answers a policy denial with one line that tells an operator
-// what to fix: the pod, the reason and the rule.
+// deny refuses a canonical request for a reason of the proxy's own, after
+// or instead of the policy's decision.
+func (s *Server) deny(rw *recorder, ex *exchange, status int, reason audit.Reason) {
+	ex.rec.Decision, ex.rec.Rule, ex.rec.Reason = audit.DecisionDeny, "", reason
+	s.writeDenial(rw, ex, status)
+}
+
+// writeDenial answers a denial with one line that tells an operator what to
+// fix: the pod, the reason and the rule.
 func (s *Server) writeDenial(rw *recorder, ex *exchange, status int) {
 	var b strings.Builder
 	b.WriteString("metaguard: denied ")
@@ -147,13 +172,13 @@ func (s *Server) writeDenial(rw *recorder, ex *exchange, status int) {
 		b.WriteString(ex.id.String())
 	} else {
 		b.WriteString("unidentified source ")
-		b.WriteString(ex.rec.src.String())
+		b.WriteString(ex.rec.SrcIP.String())
 	}
 	b.WriteString(": ")
-	b.WriteString(ex.rec.reason)
-	if ex.rec.rule != "" {
+	b.WriteString(ex.rec.Reason.String())
+	if ex.rec.Rule != "" {
 		b.WriteString(" (rule ")
-		b.WriteString(ex.rec.rule)
+		b.WriteString(ex.rec.Rule)
 		b.WriteString(")")
 	} else {
 		b.WriteString(" (no rule)")

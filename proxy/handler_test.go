@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -31,7 +32,7 @@ func TestDeniesNameThePodTheReasonAndTheRule(t *testing.T) {
 			"metaguard: denied GET /latest/meta-data/hostname for pod web/frontend: not-allowed-by-rules (no rule)\n"},
 		{"a credential path under a strip rule", plainPod, "/latest/meta-data/iam/info", nil, 403,
 			"metaguard: denied GET /latest/meta-data/iam/info for pod web/frontend: not-allowed-by-rules (no rule)\n"},
-		{"an unknown pod", unknownPod, "/latest/meta-data/instance-id", nil, 403,
+		{"an unknown pod gets a 503 the SDKs retry", unknownPod, "/latest/meta-data/instance-id", nil, 503,
 			"metaguard: denied GET /latest/meta-data/instance-id for unidentified source 127.0.0.12: unknown-pod (no rule)\n"},
 		{"an IP claimed by two pods", netip.MustParseAddr("127.0.0.99"), "/latest/meta-data/instance-id", nil, 403,
 			"metaguard: denied GET /latest/meta-data/instance-id for unidentified source 127.0.0.99: ambiguous-ip (no rule)\n"},
@@ -45,6 +46,9 @@ func TestDeniesNameThePodTheReasonAndTheRule(t *testing.T) {
 			resp, body := h.do(tt.src, "GET", tt.target, tt.header)
 			if resp.StatusCode != tt.want {
 				t.Fatalf("status %d, want %d", resp.StatusCode, tt.want)
+			}
+			if tt.want == 503 && resp.Header.Get("Retry-After") == "" {
+				t.Error("a 503 without Retry-After")
 			}
 			if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
 				t.Errorf("Content-Type %q", ct)
@@ -69,22 +73,56 @@ func TestConnectionsNotBoundForAnEndpointAreRefused(t *testing.T) {
 	}
 }
 
-func TestAuditModeForwardsWhatEnforceWouldDeny(t *testing.T) {
-	h := newHarnessPolicy(t, "aws", "mode: audit\n", ok("x"))
-	for _, src := range []netip.Addr{plainPod, unknownPod} {
-		resp, _ := h.do(src, "GET", "/latest/meta-data/iam/info", nil)
-		if resp.StatusCode != 200 {
-			t.Fatalf("%s: status %d, want 200 in audit mode", src, resp.StatusCode)
+func TestAuditModeForwardsWhatEnforceWouldDenyButNeverCredentials(t *testing.T) {
+	listing := "instance-id\niam/\nhostname\n"
+	h := newHarnessPolicy(t, "aws", "mode: audit\n", func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/") {
+			io.WriteString(w, listing)
+			return
 		}
+		io.WriteString(w, "secret-or-not")
+	})
+	tests := []struct {
+		name     string
+		src      netip.Addr
+		target   string
+		want     int
+		decision string
+		reason   string
+	}{
+		{"a path no rule allows is forwarded", plainPod, "/latest/meta-data/hostname", 200, "audit-deny", "not-allowed-by-rules"},
+		{"a credential read is denied", plainPod, "/latest/meta-data/iam/info", 403, "deny", "credential-path"},
+		{"an old API version of a credential is denied", plainPod, "/2016-09-02/meta-data/iam/security-credentials/role", 403, "deny", "credential-path"},
+		{"an unknown pod is never forwarded", unknownPod, "/latest/meta-data/hostname", 503, "deny", "unknown-pod"},
+		{"an ambiguous IP is never forwarded", netip.MustParseAddr("127.0.0.99"), "/latest/meta-data/hostname", 403, "deny", "ambiguous-ip"},
 	}
-	lines := h.waitAudit(2)
-	for _, l := range lines {
-		if l["decision"] != "audit-deny" {
-			t.Errorf("audit line %v, want decision audit-deny", l)
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := h.do(tt.src, "GET", tt.target, nil)
+			if resp.StatusCode != tt.want {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tt.want)
+			}
+			if strings.Contains(body, "secret-or-not") && tt.want != 200 {
+				t.Errorf("body %q", body)
+			}
+			l := h.waitAudit(i + 1)[i]
+			if l["decision"] != tt.decision || l["reason"] != tt.reason {
+				t.Errorf("audit decision %v reason %v, want %s %s", l["decision"], l["reason"], tt.decision, tt.reason)
+			}
+		})
+	}
+	t.Run("a listing forwarded as audit-deny is still stripped", func(t *testing.T) {
+		h := newHarnessPolicy(t, "aws", "mode: audit\n", ok(listing))
+		resp, body := h.do(plainPod, "GET", "/1.0/meta-data/", nil)
+		if resp.StatusCode != 200 || strings.Contains(body, "iam") || !strings.Contains(body, "hostname") {
+			t.Fatalf("status %d body %q, want the listing without iam/", resp.StatusCode, body)
 		}
-	}
-	if v := testutil.ToFloat64(h.requests("audit-deny", "200")); v != 2 {
-		t.Errorf("requests_total{decision=audit-deny,code=200} = %v", v)
+		if l := h.waitAudit(1)[0]; l["decision"] != "audit-deny" {
+			t.Errorf("decision %v, want audit-deny", l["decision"])
+		}
+	})
+	if v := testutil.ToFloat64(h.requests("audit-deny", "200")); v != 1 {
+		t.Errorf("requests_total{decision=audit-deny,code=200} = %v, want 1", v)
 	}
 }
 
@@ -109,7 +147,7 @@ func TestAuditLogHasEveryFieldAndNoSecret(t *testing.T) {
 		}
 	}
 	if len(l) != 17 {
-		t.Errorf("audit line has %d fields, want exactly the 17 of DESIGN.md: %v", len(l), l)
+		t.Errorf("audit line has %d fields, want exactly the 17 of the design: %v", len(l), l)
 	}
 	want := map[string]any{"src_ip": "127.0.0.11", "pod": "agent", "namespace": "ops", "pod_uid": "uid-2", "service_account": "agent",
 		"endpoint": "ep", "method": "GET", "path": "/metadata/identity/oauth2/token", "decision": "allow", "rule": "accessors", "status": float64(200)}
@@ -159,7 +197,7 @@ func TestRateLimitIsPerPod(t *testing.T) {
 }
 
 func TestOneSourceCannotExhaustConnections(t *testing.T) {
-	h := newHarness(t, "aws", ok("i-1"), func(c *Config) { c.MaxConnsPerSource = 20 })
+	h := newHarness(t, "aws", ok("i-1"), func(c *Config) { c.Budget.ConnsPerSource = 20 })
 	var conns []net.Conn
 	defer func() {
 		for _, c := range conns {
@@ -239,5 +277,65 @@ func TestRefusedProbesAreAttributedToTheirPod(t *testing.T) {
 	l := h.waitAudit(1)[0]
 	if l["pod"] != "frontend" || l["namespace"] != "web" || l["reason"] != "malformed-request" || l["path"] != "/latest/meta-data/%2e%2e/iam" {
 		t.Fatalf("audit line %v: a refused probe must name its pod and raw path", l)
+	}
+}
+
+// TestAFullProxyMakesRoomForAnotherPod: at the total limit, a newcomer's
+// connection is admitted by closing an idle connection of the source that
+// holds more than its fair share, never by refusing the newcomer.
+func TestAFullProxyMakesRoomForAnotherPod(t *testing.T) {
+	h := newHarness(t, "aws", ok("i-1"), func(c *Config) { c.Budget.Conns, c.Budget.ConnsPerSource = 10, 8 })
+	// plainPod holds 8 idle keep-alive connections, each after one request.
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: plainPod.AsSlice()}}
+	for range 8 {
+		c, err := d.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, "GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("filling: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		idle = append(idle, c)
+	}
+	// Two more from the accessor fill the proxy.
+	d2 := net.Dialer{LocalAddr: &net.TCPAddr{IP: accessorPod.AsSlice()}}
+	for range 2 {
+		c, err := d2.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	waitFor(t, func() bool { return testutil.ToFloat64(h.srv.m.connsOpen) == 10 })
+	resp, body := h.do(otherPod, "GET", "/latest/meta-data/instance-id", nil)
+	if resp.StatusCode != 200 || body != "i-1" {
+		t.Fatalf("a newcomer at the total limit got %d %q", resp.StatusCode, body)
+	}
+	if v := testutil.ToFloat64(h.srv.m.connsEvicted); v != 1 {
+		t.Errorf("connections_evicted_total = %v, want 1 (an idle connection of the heaviest source)", v)
+	}
+	if v := testutil.ToFloat64(h.rejected("total")); v != 0 {
+		t.Errorf("connections_rejected_total{limit=total} = %v: the newcomer was refused", v)
+	}
+}
+
+// waitFor polls cond for up to 5 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

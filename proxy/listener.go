@@ -3,28 +3,41 @@ package proxy
 import (
 	"context"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // limitListener bounds open connections in total and per source address,
 // and records where each connection was originally bound for.
 //
-// Over a limit the new connection is closed at once instead of waiting in
-// Accept: a queue would let one pod holding a thousand idle connections
-// delay every other pod's first request, which is exactly the starvation
-// the per-source limit exists to prevent.
+// Over a limit a new connection is never queued in Accept: a queue would
+// let one pod holding a thousand idle connections delay every other pod's
+// first request. Over its own share a source's new connection is closed at
+// once. At the total, room is made by closing a connection that is idle
+// (between requests) or has not sent a request for a while, taken from
+// the source holding the most connections, if it holds more than its fair
+// share; only when no source does is the new connection refused. So one
+// pod, or a few, cannot take the gate away from the rest, and a client
+// whose idle keep-alive connection is closed simply opens a new one.
 type limitListener struct {
 	net.Listener
 	originalDst func(net.Conn) (netip.AddrPort, error)
 	maxTotal    int
 	maxPerSrc   int
-	m           *metrics
+	m           *connMetrics
 
 	mu    sync.Mutex
 	total int
-	bySrc map[netip.Addr]int
+	bySrc map[netip.Addr]map[*limitedConn]struct{}
 }
+
+// evictAfter is how long a connection must have waited for its first
+// request before it may be closed to make room: a client that just
+// connected is about to send one.
+const evictAfter = time.Second
 
 func (l *limitListener) Accept() (net.Conn, error) {
 	for {
@@ -33,13 +46,18 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		src := addrOf(c.RemoteAddr())
-		if reason := l.acquire(src); reason != "" {
+		lc := &limitedConn{Conn: c, l: l, src: src, since: time.Now()}
+		admitted, victim, reason := l.acquire(lc)
+		if victim != nil {
+			l.m.connsEvicted.Inc()
+			victim.Close()
+		}
+		if !admitted {
 			l.m.connsRejected.WithLabelValues(reason).Inc()
 			c.Close()
 			continue
 		}
 		l.m.connsOpen.Inc()
-		lc := &limitedConn{Conn: c, l: l, src: src}
 		lc.dst, lc.dstErr = l.original(c)
 		return lc, nil
 	}
@@ -54,28 +72,70 @@ func (l *limitListener) original(c net.Conn) (netip.AddrPort, error) {
 	return netip.ParseAddrPort(c.LocalAddr().String())
 }
 
-func (l *limitListener) acquire(src netip.Addr) string {
+// acquire admits lc or says why not; victim, if set, is to be closed to
+// make room.
+func (l *limitListener) acquire(lc *limitedConn) (admitted bool, victim *limitedConn, reason string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.maxTotal > 0 && l.total >= l.maxTotal {
-		return "total"
+	if l.maxPerSrc > 0 && len(l.bySrc[lc.src]) >= l.maxPerSrc {
+		return false, nil, "per_source"
 	}
-	if l.maxPerSrc > 0 && l.bySrc[src] >= l.maxPerSrc {
-		return "per_source"
+	if l.maxTotal > 0 && l.total >= l.maxTotal {
+		victim = l.evictableLocked(lc.src)
+		if victim == nil {
+			return false, nil, "total"
+		}
 	}
 	l.total++
-	l.bySrc[src]++
-	return ""
+	conns := l.bySrc[lc.src]
+	if conns == nil {
+		conns = map[*limitedConn]struct{}{}
+		l.bySrc[lc.src] = conns
+	}
+	conns[lc] = struct{}{}
+	return true, victim, ""
 }
 
-func (l *limitListener) release(src netip.Addr) {
+// evictableLocked finds a connection to close for a newcomer from src: one
+// of the source holding the most connections, if that is more than its
+// fair share of the total and more than src holds, that is idle or has
+// waited evictAfter for its first request.
+func (l *limitListener) evictableLocked(src netip.Addr) *limitedConn {
+	var heaviest netip.Addr
+	most := 0
+	for s, conns := range l.bySrc {
+		if len(conns) > most {
+			heaviest, most = s, len(conns)
+		}
+	}
+	fair := l.maxTotal / max(len(l.bySrc), 1)
+	if most <= fair || most <= len(l.bySrc[src])+1 {
+		return nil
+	}
+	now := time.Now()
+	var oldest *limitedConn
+	for c := range l.bySrc[heaviest] {
+		if !c.evictable(now) {
+			continue
+		}
+		if oldest == nil || c.since.Before(oldest.since) {
+			oldest = c
+		}
+	}
+	if oldest != nil {
+		oldest.evicted.Store(true)
+	}
+	return oldest
+}
+
+func (l *limitListener) release(lc *limitedConn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--
-	if n := l.bySrc[src] - 1; n > 0 {
-		l.bySrc[src] = n
-	} else {
-		delete(l.bySrc, src)
+	conns := l.bySrc[lc.src]
+	delete(conns, lc)
+	if len(conns) == 0 {
+		delete(l.bySrc, lc.src)
 	}
 }
 
@@ -85,16 +145,46 @@ type limitedConn struct {
 	src    netip.Addr
 	dst    netip.AddrPort
 	dstErr error
-	once   sync.Once
+	since  time.Time // accepted, or last became idle
+	// state is the http.ConnState net/http last reported, as int32.
+	state   atomic.Int32
+	evicted atomic.Bool
+	once    sync.Once
+}
+
+func (c *limitedConn) evictable(now time.Time) bool {
+	if c.evicted.Load() {
+		return false
+	}
+	switch http.ConnState(c.state.Load()) {
+	case http.StateIdle:
+		return true
+	case http.StateNew:
+		return now.Sub(c.since) >= evictAfter
+	}
+	return false
 }
 
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {
-		c.l.release(c.src)
+		c.l.release(c)
 		c.l.m.connsOpen.Dec()
 	})
 	return err
+}
+
+// trackConnState records what net/http says each connection is doing, so
+// that only idle or silent connections are ever closed to make room.
+func trackConnState(c net.Conn, st http.ConnState) {
+	if lc, ok := c.(*limitedConn); ok {
+		lc.state.Store(int32(st))
+		if st == http.StateIdle {
+			lc.l.mu.Lock()
+			lc.since = time.Now()
+			lc.l.mu.Unlock()
+		}
+	}
 }
 
 func addrOf(a net.Addr) netip.Addr {

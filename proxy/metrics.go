@@ -2,18 +2,50 @@ package proxy
 
 import (
 	"fmt"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // metrics of the request path. Labels never carry pod names or paths:
 // their cardinality would grow with the cluster.
 type metrics struct {
 	requests       *prometheus.CounterVec
+	denied         *prometheus.CounterVec
 	duration       *prometheus.HistogramVec
 	upstreamErrors *prometheus.CounterVec
-	connsRejected  *prometheus.CounterVec
-	connsOpen      prometheus.Gauge
+	*connMetrics
+}
+
+// connMetrics are a limited listener's: what it holds, refuses and closes
+// to make room.
+type connMetrics struct {
+	connsRejected *prometheus.CounterVec
+	connsEvicted  prometheus.Counter
+	connsOpen     prometheus.Gauge
+}
+
+func newConnMetrics(prefix, what string) *connMetrics {
+	return &connMetrics{
+		connsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: prefix + "connections_rejected_total",
+			Help: what + " connections closed at accept because a limit was reached (per_source, total).",
+		}, []string{"limit"}),
+		connsEvicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: prefix + "connections_evicted_total",
+			Help: "Idle or silent " + what + " connections closed to make room for another source's new connection at the total limit.",
+		}),
+		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: prefix + "connections_open",
+			Help: what + " connections currently open.",
+		}),
+	}
+}
+
+func (m *connMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.connsRejected, m.connsEvicted, m.connsOpen}
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -22,6 +54,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "metaguard_requests_total",
 			Help: "Requests by endpoint, decision (allow, strip, deny, audit-deny) and response code.",
 		}, []string{"endpoint", "decision", "code"}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "metaguard_denied_requests_total",
+			Help: "Refused requests by endpoint and reason (a bounded set of codes: unknown-pod, not-allowed-by-rules, credential-path, malformed-request, ...).",
+		}, []string{"endpoint", "reason"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "metaguard_request_duration_seconds",
 			Help: "Time from request headers read to response written, by endpoint and decision.",
@@ -32,22 +68,25 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "metaguard_upstream_errors_total",
 			Help: "Forwarded requests that failed upstream (connection error, timeout, unstrippable response), by endpoint.",
 		}, []string{"endpoint"}),
-		connsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "metaguard_connections_rejected_total",
-			Help: "Connections closed at accept because a limit was reached (per_source, total).",
-		}, []string{"limit"}),
-		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "metaguard_connections_open",
-			Help: "Client connections currently open on the proxy listener.",
-		}),
+		connMetrics: newConnMetrics("metaguard_", "Client"),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.upstreamErrors, m.connsRejected, m.connsOpen} {
+	for _, c := range append([]prometheus.Collector{m.requests, m.denied, m.duration, m.upstreamErrors}, m.collectors()...) {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering proxy metrics: %w", err)
 		}
 	}
 	return m, nil
+}
+
+// observe counts one finished request.
+func (m *metrics) observe(rec *audit.Record) {
+	decision := rec.Decision.String()
+	m.requests.WithLabelValues(rec.Endpoint, decision, strconv.Itoa(rec.Status)).Inc()
+	m.duration.WithLabelValues(rec.Endpoint, decision).Observe(rec.Duration.Seconds())
+	if rec.Decision == audit.DecisionDeny {
+		m.denied.WithLabelValues(rec.Endpoint, rec.Reason.String()).Inc()
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"metaguard.dev/metaguard/identity"
+	"metaguard.dev/metaguard/proxy/audit"
 	"metaguard.dev/metaguard/proxy/policy"
 )
 
@@ -137,19 +138,37 @@ func newHarness(t *testing.T, flavor string, h http.HandlerFunc, mutate ...func(
 func newHarnessPolicy(t *testing.T, flavor, extra string, h http.HandlerFunc, mutate ...func(*Config)) *harness {
 	t.Helper()
 	up := newUpstream(t, h)
-	doc := strings.NewReplacer("UPSTREAM", up.addr(), "FLAVOR", flavor, "EXTRA", extra).Replace(testPolicy)
+	hs := newHarnessAt(t, flavor, extra, up.addr(), mutate...)
+	hs.up = up
+	return hs
+}
+
+// newHarnessAt is a proxy in front of an upstream the test runs itself at
+// addr (a raw TCP server, say); h.up is nil.
+func newHarnessAt(t *testing.T, flavor, extra, addr string, mutate ...func(*Config)) *harness {
+	t.Helper()
+	doc := strings.NewReplacer("UPSTREAM", addr, "FLAVOR", flavor, "EXTRA", extra).Replace(testPolicy)
 	pol, err := policy.Parse("test", []byte(doc))
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := &harness{t: t, up: up, audit: &syncBuffer{}, reg: prometheus.NewRegistry()}
+	hs := &harness{t: t, audit: &syncBuffer{}, reg: prometheus.NewRegistry()}
+	aw, err := audit.NewWriter(hs.audit, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	hs.pol.Store(pol)
 	hs.endpoint.Store(&pol.Endpoints()[0].Addr)
+	budget, err := BudgetFor(32 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := Config{
+		Budget:      budget,
 		Policy:      hs.pol.Load,
 		Identities:  testPods,
 		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return *hs.endpoint.Load(), nil },
-		Audit:       hs.audit,
+		Audit:       aw,
 		Registerer:  hs.reg,
 	}
 	for _, m := range mutate {

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"metaguard.dev/metaguard/identity"
+	"metaguard.dev/metaguard/proxy/audit"
 	"metaguard.dev/metaguard/proxy/policy"
 )
 
@@ -28,30 +29,27 @@ type Config struct {
 	// for (SO_ORIGINAL_DST). Nil means the listener's own address, for a
 	// listener that serves one endpoint without redirect.
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
-	// Audit receives one JSON line per request. Nil discards them.
-	Audit io.Writer
-	// AuditFlushInterval batches audit lines and writes them this often
-	// (and when 64 KiB are pending, and when Serve returns). Zero writes
-	// every line as it is made.
-	AuditFlushInterval time.Duration
+	// Audit receives one record per request. Nil discards them. The
+	// caller runs and closes it.
+	Audit *audit.Writer
 	// Log is the operational logger. Nil discards.
 	Log *slog.Logger
 	// Registerer receives the request-path metrics. Nil registers none.
 	Registerer prometheus.Registerer
-	// Transport sends requests upstream; nil builds a bounded one.
+	// Transport sends requests upstream; nil builds a bounded one that
+	// dials through DialContext.
 	Transport http.RoundTripper
-	// DialContext connects the built transport to an endpoint (the
-	// redirect package's dialer, which no NAT can capture); nil is a
-	// plain net.Dialer. Unused with Transport.
+	// DialContext connects to an endpoint; nil is a plain net.Dialer. cmd
+	// passes one that keeps NAT away from metaguard's own upstream flows.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Budget bounds connections, requests in flight and strip buffers;
+	// the zero value is BudgetFor(32 MiB).
+	Budget Budget
 
 	// UpstreamTimeout bounds one forwarded request, response body
 	// included, except GCP wait_for_change long polls, which get their
 	// own timeout_sec on top. Default 10s.
 	UpstreamTimeout time.Duration
-	// MaxConns and MaxConnsPerSource bound open client connections.
-	// Defaults 4096 and 256.
-	MaxConns, MaxConnsPerSource int
 	// MaxResponseBytes bounds a relayed response body. Default 8 MiB.
 	MaxResponseBytes int64
 }
@@ -77,13 +75,12 @@ const (
 
 // Server is the metadata proxy: an http.Handler plus its listener limits.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	audit    *auditLog
-	m        *metrics
-	rp       *forwarder
-	limiter  *podLimiter
-	auditBuf *bufferedAudit // nil when lines are written as they are made
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics
+	rp      *forwarder
+	limiter *podLimiter
+	lim     *limits
 }
 
 // New builds a Server.
@@ -94,17 +91,22 @@ func New(cfg Config) (*Server, error) {
 	if cfg.UpstreamTimeout <= 0 {
 		cfg.UpstreamTimeout = 10 * time.Second
 	}
-	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = 4096
-	}
-	if cfg.MaxConnsPerSource <= 0 {
-		cfg.MaxConnsPerSource = 256
+	if cfg.Budget == (Budget{}) {
+		b, err := BudgetFor(32 << 20)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Budget = b
 	}
 	if cfg.MaxResponseBytes <= 0 {
 		cfg.MaxResponseBytes = 8 << 20
 	}
 	if cfg.Audit == nil {
-		cfg.Audit = io.Discard
+		discard, err := audit.NewWriter(io.Discard, audit.Options{})
+		if err != nil {
+			return nil, err
+		}
+		cfg.Audit = discard
 	}
 	log := cfg.Log
 	if log == nil {
@@ -114,20 +116,8 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, m: m, limiter: newPodLimiter()}
-	auditDst := cfg.Audit
-	if cfg.AuditFlushInterval > 0 {
-		s.auditBuf = newBufferedAudit(cfg.Audit, log)
-		auditDst = s.auditBuf
-	}
-	s.audit = newAuditLog(auditDst)
-	transport := cfg.Transport
-	if transport == nil && cfg.DialContext != nil {
-		t := newUpstreamTransport()
-		t.dial = cfg.DialContext
-		transport = t
-	}
-	s.rp = newForwarder(s, transport)
+	s := &Server{cfg: cfg, log: log, m: m, limiter: newPodLimiter(), lim: newLimits(cfg.Budget)}
+	s.rp = newForwarder(s, cfg.Transport)
 	return s, nil
 }
 
@@ -140,6 +130,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ConnContext:       connContext,
+		ConnState:         trackConnState,
 		// "OPTIONS *" must reach the handler to be refused, not be
 		// answered 200 by net/http.
 		DisableGeneralOptionsHandler: true,
@@ -148,18 +139,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	ll := &limitListener{
 		Listener:    ln,
 		originalDst: s.cfg.OriginalDst,
-		maxTotal:    s.cfg.MaxConns,
-		maxPerSrc:   s.cfg.MaxConnsPerSource,
-		m:           s.m,
-		bySrc:       map[netip.Addr]int{},
-	}
-	if s.auditBuf != nil {
-		// The flusher outlives the HTTP server: its final flush runs
-		// after Shutdown has let every request finish.
-		fctx, fcancel := context.WithCancel(context.Background())
-		flushed := make(chan struct{})
-		go func() { defer close(flushed); s.auditBuf.run(fctx, s.cfg.AuditFlushInterval) }()
-		defer func() { fcancel(); <-flushed }()
+		maxTotal:    s.cfg.Budget.Conns,
+		maxPerSrc:   s.cfg.Budget.ConnsPerSource,
+		m:           s.m.connMetrics,
+		bySrc:       map[netip.Addr]map[*limitedConn]struct{}{},
 	}
 	done := make(chan struct{})
 	stopped := make(chan struct{})
@@ -179,6 +162,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	err := srv.Serve(ll)
 	close(done)
 	<-stopped
+	// The upstream side's idle connections (and their goroutines) end
+	// with the server.
+	if ci, ok := s.rp.rt.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}

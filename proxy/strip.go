@@ -29,10 +29,11 @@ func entryBase(dir string) string {
 
 // StripListing filters a newline-separated directory listing (AWS IMDS,
 // GCP without recursive): each line names one child, with a trailing "/"
-// for a subdirectory ("iam/", "security-credentials/", "token").
+// for a subdirectory ("iam/", "security-credentials/", "token"). A line
+// that is not a plain relative name is removed too.
 func StripListing(body []byte, dir string, keep func(string) bool) ([]byte, int) {
 	base := entryBase(dir)
-	return filterLines(body, func(line string) bool { return line == "" || keep(base+line) })
+	return filterLines(body, func(line string) bool { return visibleEntry(base, line, keep) })
 }
 
 // StripText filters GCP's alt=text output: one "key value" line per entry,
@@ -44,7 +45,7 @@ func StripText(body []byte, dir string, recursive bool, keep func(string) bool) 
 	base := entryBase(dir)
 	out, removed := filterLines(body, func(line string) bool {
 		key, _, _ := strings.Cut(line, " ")
-		return key == "" || keep(base+key)
+		return visibleEntry(base, key, keep)
 	})
 	if recursive && removed > 0 {
 		return nil, removed, errUnstrippable
@@ -74,11 +75,13 @@ func filterLines(body []byte, keepLine func(string) bool) ([]byte, int) {
 	return out, removed
 }
 
-// StripJSON filters a JSON dump of a directory (GCP recursive=true, Azure).
-// Object keys are path segments; GCP writes them in camelCase
+// StripJSON filters a JSON dump of a directory (GCP recursive=true, Azure)
+// or a JSON listing (GCP alt=json on a directory: an array of entry
+// names). Object keys are path segments; GCP writes them in camelCase
 // ("serviceAccounts") where the path has kebab-case ("service-accounts"),
-// so an entry is removed when either spelling is hidden. Array elements
-// are numbered segments.
+// so an entry is removed when either spelling is hidden. A string in an
+// array may be an entry name and is removed when it names a hidden entry;
+// other array elements are numbered segments.
 func StripJSON(body []byte, dir string, keep func(string) bool) ([]byte, int, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
@@ -89,7 +92,7 @@ func StripJSON(body []byte, dir string, keep func(string) bool) ([]byte, int, er
 	if dec.More() {
 		return nil, 0, errUnstrippable
 	}
-	removed := stripValue(v, entryBase(dir), keep)
+	v, removed := stripValue(v, entryBase(dir), keep, true)
 	var out bytes.Buffer
 	enc := json.NewEncoder(&out)
 	enc.SetEscapeHTML(false)
@@ -103,25 +106,49 @@ func StripJSON(body []byte, dir string, keep func(string) bool) ([]byte, int, er
 	return b, removed, nil
 }
 
-func stripValue(v any, base string, keep func(string) bool) int {
+// stripValue returns v without the hidden entries below base, and how many
+// it removed. top is set for the document's own value: there an array is a
+// listing, and its strings must be plain entry names; deeper, arrays hold
+// values (GCP scopes are URLs) and a string is removed only when it names
+// a hidden entry.
+func stripValue(v any, base string, keep func(string) bool, top bool) (any, int) {
 	removed := 0
 	switch t := v.(type) {
 	case map[string]any:
 		for k, child := range t {
 			kebab := kebabCase(k)
-			if !keep(base+k) || !keep(base+kebab) || !keep(base+k+"/") || !keep(base+kebab+"/") {
+			if !visibleEntry(base, k, keep) || !visibleEntry(base, kebab, keep) {
 				delete(t, k)
 				removed++
 				continue
 			}
-			removed += stripValue(child, base+kebab+"/", keep)
+			nv, n := stripValue(child, base+kebab+"/", keep, false)
+			t[k] = nv
+			removed += n
 		}
+		return t, removed
 	case []any:
+		kept := make([]any, 0, len(t))
 		for i, child := range t {
-			removed += stripValue(child, base+itoa(i)+"/", keep)
+			if s, ok := child.(string); ok && !visibleValue(base, s, keep, top) {
+				removed++
+				continue
+			}
+			nv, n := stripValue(child, base+itoa(i)+"/", keep, false)
+			kept = append(kept, nv)
+			removed += n
 		}
+		return kept, removed
 	}
-	return removed
+	return v, 0
+}
+
+func visibleValue(base, s string, keep func(string) bool, top bool) bool {
+	if top {
+		return visibleEntry(base, s, keep) && visibleEntry(base, kebabCase(s), keep)
+	}
+	dir := strings.TrimSuffix(s, "/")
+	return keep(base+s) && keep(base+dir) && keep(base+dir+"/") && keep(base+kebabCase(dir))
 }
 
 // kebabCase turns GCP's JSON key spelling into its path spelling:

@@ -158,10 +158,15 @@ func TestStripListingUnit(t *testing.T) {
 	}
 }
 
-func TestRecursiveAnswerThatIsNotJSONIsStrippedAsText(t *testing.T) {
-	h := newHarness(t, "gcp", ok("computeMetadata/\n"))
-	resp, body := h.do(plainPod, "GET", "/?recursive=true", http.Header{"Metadata-Flavor": {"Google"}})
-	if resp.StatusCode != 200 || body != "computeMetadata/\n" {
-		t.Fatalf("status %d body %q: a recursive listing of / must pass when it names no credential", resp.StatusCode, body)
+func TestARecursiveTextDumpIsRefusedWhateverItHolds(t *testing.T) {
+	// Refusing only the dumps that held a credential would tell the pod
+	// that one exists; a recursive answer that is not JSON is refused
+	// whole, with or without one.
+	for _, body := range []string{"computeMetadata/\n", "attributes/kube-env secret\nid 1\n"} {
+		h := newHarness(t, "gcp", ok(body))
+		resp, got := h.do(plainPod, "GET", "/?recursive=true", http.Header{"Metadata-Flavor": {"Google"}})
+		if resp.StatusCode != http.StatusBadGateway || strings.Contains(got, "secret") {
+			t.Fatalf("%q: status %d body %q, want 502", body, resp.StatusCode, got)
+		}
 	}
 }

@@ -46,7 +46,7 @@ type upConn struct {
 	idleFrom time.Time
 }
 
-func newUpstreamTransport() *upstreamTransport {
+func newPoolTransport() *upstreamTransport {
 	return &upstreamTransport{
 		dialer:      net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second},
 		maxIdle:     256,

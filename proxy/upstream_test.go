@@ -57,7 +57,7 @@ func roundTrip(t *testing.T, tr *upstreamTransport, method, url string, readAll 
 
 func TestUpstreamTransportReusesOneConnection(t *testing.T) {
 	up := newConnCounter(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok "+r.Method) })
-	tr := newUpstreamTransport()
+	tr := newPoolTransport()
 	defer tr.CloseIdleConnections()
 	for i := 0; i < 20; i++ {
 		m := []string{"GET", "HEAD", "PUT"}[i%3]
@@ -77,7 +77,7 @@ func TestUpstreamTransportReusesOneConnection(t *testing.T) {
 
 func TestUpstreamTransportRetriesAConnectionClosedWhileIdle(t *testing.T) {
 	up := newConnCounter(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
-	tr := newUpstreamTransport()
+	tr := newPoolTransport()
 	defer tr.CloseIdleConnections()
 	roundTrip(t, tr, "GET", up.URL+"/", true)
 	up.CloseClientConnections() // the upstream drops the idle keep-alive
@@ -105,7 +105,7 @@ func TestUpstreamTransportNeverReusesAConnectionInAnUnknownState(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			up := newConnCounter(t, tt.handler)
-			tr := newUpstreamTransport()
+			tr := newPoolTransport()
 			defer tr.CloseIdleConnections()
 			roundTrip(t, tr, "GET", up.URL+"/", tt.readAll)
 			roundTrip(t, tr, "GET", up.URL+"/", tt.readAll)
@@ -125,7 +125,7 @@ func TestUpstreamTransportCancelsABlockedReadWhenTheContextEnds(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	})
-	tr := newUpstreamTransport()
+	tr := newPoolTransport()
 	defer tr.CloseIdleConnections()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", up.URL+"/", nil)

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"metaguard.dev/metaguard/proxy"
 )
 
 func TestHealthReadinessAndMetricsEndpoints(t *testing.T) {
@@ -31,7 +33,9 @@ func TestHealthReadinessAndMetricsEndpoints(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serveMetrics(ctx, ln, reg, ready, slog.New(slog.DiscardHandler)) }()
+	go func() {
+		done <- proxy.ServeAdmin(ctx, ln, adminHandler(reg, ready), nil, slog.New(slog.DiscardHandler))
+	}()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {

@@ -7,21 +7,25 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/klog/v2"
 
 	"metaguard.dev/metaguard/identity/podindex"
 	"metaguard.dev/metaguard/proxy"
+	"metaguard.dev/metaguard/proxy/audit"
 	"metaguard.dev/metaguard/proxy/policy"
 	"metaguard.dev/metaguard/redirect"
 )
@@ -41,6 +45,8 @@ type runOptions struct {
 	identityWait    time.Duration
 	auditLog        string
 	auditFlush      time.Duration
+	auditDenyRate   float64
+	auditDenyBurst  int
 	logLevel        string
 	upstreamTimeout time.Duration
 	reloadInterval  time.Duration
@@ -56,7 +62,9 @@ func (o *runOptions) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.config, "config", "/etc/metaguard/policy.yaml", "policy file; reloaded when it changes (ConfigMap symlink swaps included)")
 	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name; only pods with spec.nodeName equal to it are watched [NODE_NAME]")
 	fs.StringVar(&o.hostIPs, "host-ip", os.Getenv("HOST_IP"), "node IP the redirect DNATs to; IPv4, IPv6 or both comma-separated [HOST_IP]")
-	fs.StringVar(&o.listen, "listen", ":8181", "proxy address; every metadata endpoint is DNATed to its port")
+	// Not 8181: kube2iam and kiam default to it, and metaguard often
+	// replaces them node by node.
+	fs.StringVar(&o.listen, "listen", ":8169", "proxy address; every metadata endpoint is DNATed to its port")
 	fs.StringVar(&o.metricsListen, "metrics-listen", ":9181", "address of /metrics, /healthz and /readyz")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster service account)")
 	fs.BoolVar(&o.iptables, "iptables", true, "manage the redirect rules")
@@ -66,6 +74,8 @@ func (o *runOptions) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.identityWait, "identity-wait", time.Second, "how long a request from an unknown source IP waits for its pod to appear in the cache")
 	fs.StringVar(&o.auditLog, "audit-log", "-", "audit log destination: - for stdout, or a file (appended; reopened on SIGHUP)")
 	fs.DurationVar(&o.auditFlush, "audit-flush-interval", 100*time.Millisecond, "audit lines are written in batches this often (0: each line as it is made, one write per request)")
+	fs.Float64Var(&o.auditDenyRate, "audit-deny-rate", 5, "denial lines per second one source address may write to the audit log; beyond it (and its burst) they are counted and summed up every 10s (0: no limit). Allowed, stripped, audit-deny and credential-path lines are never left out")
+	fs.IntVar(&o.auditDenyBurst, "audit-deny-burst", 50, "denial lines one source may write at once before --audit-deny-rate applies")
 	fs.StringVar(&o.logLevel, "log-level", "info", "operational log level: debug, info, warn, error")
 	fs.DurationVar(&o.upstreamTimeout, "upstream-timeout", 10*time.Second, "bound on one forwarded request (GCP long polls get their timeout_sec on top)")
 	fs.DurationVar(&o.reloadInterval, "reload-interval", time.Second, "how often the policy file is checked for changes")
@@ -132,6 +142,9 @@ func (o *runOptions) validate() (runConfig, error) {
 	if o.identityWait < 0 || o.auditFlush < 0 || o.syncPeriod <= 0 || o.upstreamTimeout <= 0 || o.reloadInterval <= 0 {
 		return c, usageErr("durations must be positive (--identity-wait may be 0)")
 	}
+	if o.auditDenyRate < 0 || o.auditDenyBurst < 0 {
+		return c, usageErr("--audit-deny-rate and --audit-deny-burst must not be negative")
+	}
 	return c, nil
 }
 
@@ -152,20 +165,32 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: c.level}))
 	// client-go logs through klog; one log stream, one format.
 	klog.SetSlogLogger(log)
-	log.Info("metaguard starting", "version", version, "node", o.nodeName, "config", o.config)
+	log.Info("metaguard starting", "version", version, "revision", revision, "node", o.nodeName, "config", o.config)
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
 
+	// An invalid policy does not stop start-up: the store fails closed
+	// (rules for the well-known endpoints, every request denied, not
+	// ready) and takes up the first valid policy mounted.
 	store, err := policy.NewStore(o.config, log, reg)
 	if err != nil {
 		return err
 	}
-	audit, err := openAudit(o.auditLog)
+	auditFile, err := audit.OpenFile(o.auditLog)
 	if err != nil {
 		return err
 	}
-	defer audit.Close()
+	defer auditFile.Close()
+	auditW, err := audit.NewWriter(auditFile, audit.Options{
+		FlushInterval: o.auditFlush, DenialRate: o.auditDenyRate, DenialBurst: o.auditDenyBurst,
+		Log: log, Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	// After every request has been written: Serve has drained them.
+	defer auditW.Close()
 
 	client, err := kubeClient(o.kubeconfig)
 	if err != nil {
@@ -200,16 +225,20 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 		})
 	}
 
+	budget, err := requestPathBudget(log)
+	if err != nil {
+		return err
+	}
 	srv, err := proxy.New(proxy.Config{
-		Policy:             store.Current,
-		Identities:         index,
-		OriginalDst:        originalDst(o.iptables),
-		Audit:              audit,
-		AuditFlushInterval: o.auditFlush,
-		Log:                log,
-		Registerer:         reg,
-		UpstreamTimeout:    o.upstreamTimeout,
-		DialContext:        dialer.DialContext,
+		Budget:          budget,
+		Policy:          store.Current,
+		Identities:      index,
+		OriginalDst:     originalDst(o.iptables),
+		Audit:           auditW,
+		Log:             log,
+		Registerer:      reg,
+		UpstreamTimeout: o.upstreamTimeout,
+		DialContext:     dialer.DialContext,
 	})
 	if err != nil {
 		return err
@@ -226,6 +255,9 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 
 	ready := func() []string {
 		var missing []string
+		if err := store.Current().Invalid(); err != nil {
+			missing = append(missing, "no valid policy (every request is denied): "+oneLine(err))
+		}
 		if !index.HasSynced() {
 			missing = append(missing, "pod and namespace informers not synced")
 		}
@@ -235,12 +267,23 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 		return missing
 	}
 
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "metaguard_ready",
+		Help: "1 when /readyz answers 200 (a valid policy, synced informers, rules in place), else 0.",
+	}, func() float64 {
+		if len(ready()) == 0 {
+			return 1
+		}
+		return 0
+	}))
+
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(gctx, proxyLn) })
-	g.Go(func() error { return serveMetrics(gctx, metricsLn, reg, ready, log) })
+	g.Go(func() error { return proxy.ServeAdmin(gctx, metricsLn, adminHandler(reg, ready), reg, log) })
 	g.Go(func() error { return index.Run(gctx) })
 	g.Go(func() error { store.Watch(gctx, o.reloadInterval); return nil })
-	g.Go(func() error { audit.reopenOnHUP(gctx, store, log); return nil })
+	g.Go(func() error { auditW.Run(gctx); return nil })
+	g.Go(func() error { onHangup(gctx, auditFile, store, log); return nil })
 	if rec != nil {
 		g.Go(func() error { return rec.Run(gctx, o.syncPeriod) })
 	}
@@ -293,9 +336,10 @@ func originalDst(iptables bool) func(net.Conn) (netip.AddrPort, error) {
 	return redirect.OriginalDst
 }
 
-func serveMetrics(ctx context.Context, ln net.Listener, reg *prometheus.Registry, ready func() []string, log *slog.Logger) error {
+// adminHandler serves /metrics, /healthz and /readyz.
+func adminHandler(reg *prometheus.Registry, ready func() []string) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttpHandler(reg))
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if missing := ready(); len(missing) > 0 {
@@ -305,15 +349,28 @@ func serveMetrics(ctx context.Context, ln net.Listener, reg *prometheus.Registry
 		}
 		io.WriteString(w, "ok\n")
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serving metrics: %w", err)
+	return mux
+}
+
+// defaultMemLimit is what the request path is budgeted against when
+// GOMEMLIMIT is not set: the DaemonSet's container limit.
+const defaultMemLimit = 64 << 20
+
+// requestPathBudget derives the proxy's caps from the Go memory limit
+// (GOMEMLIMIT), so that connections, requests in flight and strip buffers
+// together fit under it.
+func requestPathBudget(log *slog.Logger) (proxy.Budget, error) {
+	limit := debug.SetMemoryLimit(-1)
+	if limit == math.MaxInt64 {
+		log.Warn("GOMEMLIMIT is not set: the request path is budgeted for a 64 MiB limit; set GOMEMLIMIT below the container's memory limit")
+		limit = defaultMemLimit
 	}
-	return nil
+	b, err := proxy.BudgetFor(proxy.DefaultRequestPathBytes(limit))
+	if err != nil {
+		return b, fmt.Errorf("GOMEMLIMIT %d: %w", limit, err)
+	}
+	log.Info("request path budget", "memory_limit", limit, "connections", b.Conns, "connections_per_source", b.ConnsPerSource,
+		"in_flight", b.InFlight, "in_flight_per_source", b.InFlightPerSource, "long_polls", b.LongPolls,
+		"strip_bytes", b.StripBytes, "strip_bytes_per_source", b.StripBytesPerSource)
+	return b, nil
 }

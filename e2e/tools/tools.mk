@@ -26,4 +26,9 @@ bin/kube-apiserver: e2e-tools-force
 bin/ec2-metadata-mock: e2e-tools-force
 	@$(E2E_TOOLS_DIR)build.sh ec2-metadata-mock github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock
 
+# staticcheck for make lint, pinned like the e2e tools so that lint builds
+# from the module cache and runs offline.
+bin/staticcheck: e2e-tools-force
+	@$(E2E_TOOLS_DIR)build.sh staticcheck honnef.co/go/tools/cmd/staticcheck
+
 e2e-tools-force:

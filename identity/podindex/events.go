@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,6 +20,12 @@ type podEntry struct {
 	key string // namespace/name, the informer's key
 	id  identity.Identity
 	ips []netip.Addr
+	// gone is when the pod stops answering for its addresses although no
+	// event says so: its deletion deadline (deletionTimestamp, which the
+	// API server sets to the request time plus the grace period). By then
+	// the kubelet has killed it and the CNI may hand its address to a new
+	// pod whose own object this node has not seen yet. Zero: never.
+	gone time.Time
 }
 
 // IdentityOf returns the identity policy sees for pod, with namespaceLabels
@@ -56,12 +63,35 @@ func (x *Index) entryFor(pod *corev1.Pod) *podEntry {
 		// Its sandbox is gone and the CNI may already have handed the
 		// address to a new pod.
 		return nil
+	case allTerminated(pod):
+		// Every container has exited (the kubelet says so before the
+		// phase follows): nothing of the pod can still make a request,
+		// and its sandbox is being torn down.
+		return nil
 	}
 	ips := podAddrs(pod)
 	if len(ips) == 0 {
 		return nil
 	}
-	return &podEntry{key: cache.MetaObjectToName(pod).String(), id: IdentityOf(pod, nil), ips: ips}
+	e := &podEntry{key: cache.MetaObjectToName(pod).String(), id: IdentityOf(pod, nil), ips: ips}
+	if pod.DeletionTimestamp != nil {
+		e.gone = pod.DeletionTimestamp.Time
+	}
+	return e
+}
+
+// allTerminated reports whether the kubelet reports every container of the
+// pod terminated (init containers aside: they run before the others).
+func allTerminated(pod *corev1.Pod) bool {
+	if len(pod.Status.ContainerStatuses) == 0 || len(pod.Status.ContainerStatuses) < len(pod.Spec.Containers) {
+		return false
+	}
+	for _, c := range pod.Status.ContainerStatuses {
+		if c.State.Terminated == nil {
+			return false
+		}
+	}
+	return true
 }
 
 // podAddrs parses every address of status.podIPs (and status.podIP, which
@@ -215,13 +245,30 @@ func slimPod(obj any) (any, error) {
 			HostNetwork:              pod.Spec.HostNetwork,
 			ServiceAccountName:       pod.Spec.ServiceAccountName,
 			DeprecatedServiceAccount: pod.Spec.DeprecatedServiceAccount,
+			// Only the count matters, for allTerminated.
+			Containers: make([]corev1.Container, len(pod.Spec.Containers)),
 		},
 		Status: corev1.PodStatus{
-			Phase:  pod.Status.Phase,
-			PodIP:  pod.Status.PodIP,
-			PodIPs: pod.Status.PodIPs,
+			Phase:             pod.Status.Phase,
+			PodIP:             pod.Status.PodIP,
+			PodIPs:            pod.Status.PodIPs,
+			ContainerStatuses: slimContainerStatuses(pod.Status.ContainerStatuses),
 		},
 	}, nil
+}
+
+// slimContainerStatuses keeps whether each container has terminated.
+func slimContainerStatuses(in []corev1.ContainerStatus) []corev1.ContainerStatus {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]corev1.ContainerStatus, len(in))
+	for i, c := range in {
+		if c.State.Terminated != nil {
+			out[i].State.Terminated = &corev1.ContainerStateTerminated{}
+		}
+	}
+	return out
 }
 
 // slimNamespace keeps a namespace's name and labels, all namespaceSelector

@@ -2,6 +2,7 @@ package podindex
 
 import (
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,10 +26,29 @@ func TestIPReuseEventOrders(t *testing.T) {
 	failA := func(h *harness) { h.update(withPhase(a, corev1.PodFailed)) }
 	succeedA := func(h *harness) { h.update(withPhase(a, corev1.PodSucceeded)) }
 	terminateA := func(h *harness) {
-		// A pod being deleted that still runs (grace period) is still live.
+		// A pod being deleted that still runs (grace period) is still
+		// live: the API server sets deletionTimestamp to the end of the
+		// grace period.
 		p := a.DeepCopy()
-		now := metav1.Now()
-		p.DeletionTimestamp = &now
+		deadline := metav1.NewTime(time.Now().Add(time.Hour))
+		p.DeletionTimestamp = &deadline
+		h.update(p)
+	}
+	overdueA := func(h *harness) {
+		// Past its grace period the kubelet has killed it and the CNI may
+		// have handed the address on, whether or not its end was seen.
+		p := a.DeepCopy()
+		deadline := metav1.NewTime(time.Now().Add(-time.Second))
+		p.DeletionTimestamp = &deadline
+		h.update(p)
+	}
+	exitedA := func(h *harness) {
+		p := a.DeepCopy()
+		p.Spec.Containers = []corev1.Container{{Name: "app"}, {Name: "sidecar"}}
+		p.Status.ContainerStatuses = []corev1.ContainerStatus{
+			{Name: "app", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0}}},
+			{Name: "sidecar", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 1}}},
+		}
 		h.update(p)
 	}
 
@@ -84,6 +104,22 @@ func TestIPReuseEventOrders(t *testing.T) {
 				{terminateA, found("a")},
 				{addB, ambiguousAnswer},
 				{deleteA, found("b")},
+			},
+		},
+		{
+			name: "A past its deletion deadline no longer claims the address",
+			steps: []step{
+				{addA, found("a")},
+				{addB, ambiguousAnswer},
+				{overdueA, found("b")},
+			},
+		},
+		{
+			name: "A whose containers have all exited hands the address to B",
+			steps: []step{
+				{addA, found("a")},
+				{addB, ambiguousAnswer},
+				{exitedA, found("b")},
 			},
 		},
 		{

@@ -56,7 +56,7 @@ func (x *Index) Lookup(ctx context.Context, addr netip.Addr) (identity.Identity,
 
 // resolveLocked reads the index; the caller holds x.mu for reading or writing.
 func (x *Index) resolveLocked(addr netip.Addr) (identity.Identity, state) {
-	claims := x.byIP[addr]
+	claims := live(x.byIP[addr])
 	switch {
 	case len(claims) == 0:
 		return identity.Identity{}, stAbsent
@@ -72,6 +72,27 @@ func (x *Index) resolveLocked(addr netip.Addr) (identity.Identity, state) {
 	id := claims[0].id
 	id.NamespaceLabels = nsLabels
 	return id, stFound
+}
+
+// live drops the claims of pods past their deletion deadline. It returns
+// claims itself, without a clock read or an allocation, when no claimant
+// is being deleted: the common case on the request path.
+func live(claims []*podEntry) []*podEntry {
+	deleting := false
+	for _, e := range claims {
+		deleting = deleting || !e.gone.IsZero()
+	}
+	if !deleting {
+		return claims
+	}
+	now := time.Now()
+	out := make([]*podEntry, 0, len(claims))
+	for _, e := range claims {
+		if e.gone.IsZero() || now.Before(e.gone) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // knownAbsent reports whether addr stayed unknown for a full wait recently.
@@ -153,7 +174,7 @@ func (x *Index) answerAfterWait(addr netip.Addr, id identity.Identity, st state)
 func (x *Index) answerAmbiguous(addr netip.Addr) (identity.Identity, error) {
 	x.metrics.ambiguous.Inc()
 	x.mu.RLock()
-	claims := x.byIP[addr]
+	claims := live(x.byIP[addr])
 	names := make([]string, 0, len(claims))
 	for _, e := range claims {
 		names = append(names, e.key)

@@ -125,7 +125,7 @@ func TestSlimPodKeepsOnlyWhatTheIndexReads(t *testing.T) {
 	}
 	slim := out.(*corev1.Pod)
 	if slim.Annotations != nil || slim.ManagedFields != nil || slim.OwnerReferences != nil ||
-		slim.Spec.Containers != nil || slim.Status.Conditions != nil {
+		len(slim.Spec.Containers) != 1 || slim.Spec.Containers[0].Image != "" || slim.Status.Conditions != nil {
 		t.Errorf("slimPod kept fields the index never reads: %+v", slim)
 	}
 	x := unstarted(t)

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // compiler turns a fileSpec into a Policy, collecting every problem with
@@ -96,7 +97,7 @@ func (c *compiler) compile(s *fileSpec) *Policy {
 		p.rules = append(p.rules, r)
 		specs = append(specs, &s.Rules[i])
 	}
-	p.index = buildIndex(specs)
+	p.index = buildIndex(specs, p.rules)
 	return p
 }
 
@@ -161,6 +162,9 @@ func (c *compiler) endpoint(path fieldPath, s *endpointSpec, extraCreds []patter
 	for _, text := range spec.credentialPaths {
 		e.creds = append(e.creds, mustPattern(text))
 	}
+	for _, text := range spec.writes {
+		e.writes = append(e.writes, mustPattern(text))
+	}
 	for _, pat := range extraCreds {
 		if e.Flavor == FlavorAWS {
 			pat = mustPattern(widenAWSVersion(pat.text))
@@ -186,12 +190,12 @@ func (c *compiler) rule(path fieldPath, s *ruleSpec, endpoints map[string]bool) 
 	r.mode = c.mode(append(path, "mode"), s.Mode, "")
 	r.podSelector = c.selector(append(path, "podSelector"), s.PodSelector)
 	r.namespaceSel = c.selector(append(path, "namespaceSelector"), s.NamespaceSelector)
+	pinned := pinnedNamespace(s.NamespaceSelector)
 	for i, sa := range s.ServiceAccounts {
-		if sa == "" {
-			c.fail(append(path, "serviceAccounts", i), "empty service account name")
+		if ref, ok := c.serviceAccount(append(path, "serviceAccounts", i), sa, pinned); ok {
+			r.serviceAccounts = append(r.serviceAccounts, ref)
 		}
 	}
-	r.serviceAccounts = s.ServiceAccounts
 	if len(s.Endpoints) > 0 {
 		r.endpoints = map[string]bool{}
 		for i, name := range s.Endpoints {
@@ -214,6 +218,54 @@ func (c *compiler) rule(path fieldPath, s *ruleSpec, endpoints map[string]bool) 
 		}
 	}
 	return r
+}
+
+// serviceAccount reads a serviceAccounts entry: "namespace/name", or a bare
+// name when the rule's namespaceSelector pins exactly one namespace.
+func (c *compiler) serviceAccount(path fieldPath, text, pinned string) (serviceAccountRef, bool) {
+	ns, name, qualified := strings.Cut(text, "/")
+	if !qualified {
+		if pinned == "" {
+			c.fail(path, "service account %q names no namespace: write it as namespace/name; a bare name would match a service account of that name in every namespace, and any tenant can create one in theirs (a bare name is accepted only when namespaceSelector pins one namespace with matchLabels kubernetes.io/metadata.name)", text)
+			return serviceAccountRef{}, false
+		}
+		ns, name = pinned, text
+	}
+	ok := true
+	if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+		c.fail(path, "service account %q: namespace %q: %s", text, ns, strings.Join(errs, "; "))
+		ok = false
+	}
+	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
+		c.fail(path, "service account %q: name %q: %s", text, name, strings.Join(errs, "; "))
+		ok = false
+	}
+	if qualified && pinned != "" && ns != pinned {
+		c.fail(path, "service account %q is in namespace %q, but namespaceSelector selects only %q: the rule could never select it", text, ns, pinned)
+		ok = false
+	}
+	return serviceAccountRef{namespace: ns, name: name}, ok
+}
+
+// namespaceNameLabel is the label the API server puts on every namespace:
+// its own name.
+const namespaceNameLabel = "kubernetes.io/metadata.name"
+
+// pinnedNamespace returns the one namespace a namespaceSelector can select
+// by its name label, or "" when it can select more.
+func pinnedNamespace(s *selectorSpec) string {
+	if s == nil {
+		return ""
+	}
+	if v, ok := s.MatchLabels[namespaceNameLabel]; ok {
+		return v
+	}
+	for _, e := range s.MatchExpressions {
+		if e.Key == namespaceNameLabel && e.Operator == string(metav1.LabelSelectorOpIn) && len(uniq(e.Values)) == 1 {
+			return e.Values[0]
+		}
+	}
+	return ""
 }
 
 func (c *compiler) allow(path fieldPath, s *allowSpec) (allowEntry, bool) {

@@ -5,6 +5,7 @@ import (
 	"net/url"
 
 	"metaguard.dev/metaguard/identity"
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // Action is what happens to a request.
@@ -32,18 +33,6 @@ func (a Action) String() string {
 	}
 }
 
-// Reasons are stable codes for logs, metrics and deny messages.
-const (
-	ReasonAllowed            = "allowed"
-	ReasonCredentialsAllowed = "credentials-allowed"
-	ReasonCredentialsHidden  = "credentials-stripped"
-	ReasonDefaultAllow       = "default-allow"
-	ReasonNoRule             = "no-rule-selects-pod"
-	ReasonNotAllowed         = "not-allowed-by-rules"
-	ReasonCredentialPath     = "credential-path"
-	ReasonMethod             = "method-not-served"
-)
-
 // Request is a canonical request: Path has passed CanonicalPath, Query
 // holds only validated keys with one value each.
 type Request struct {
@@ -61,16 +50,22 @@ type Decision struct {
 	// request is forwarded as is and logged as audit-deny.
 	Audit bool
 	// Rule names the deciding rule; empty when no rule decided.
-	Rule   string
-	Reason string
+	Rule string
+	// Reason is the stable code for logs, metrics and deny messages.
+	Reason audit.Reason
 }
 
 // Label is the decision as the audit log and metrics name it.
-func (d Decision) Label() string {
-	if d.Audit {
-		return "audit-deny"
+func (d Decision) Label() audit.Decision {
+	switch {
+	case d.Audit:
+		return audit.DecisionAuditDeny
+	case d.Action == Allow:
+		return audit.DecisionAllow
+	case d.Action == Strip:
+		return audit.DecisionStrip
 	}
-	return d.Action.String()
+	return audit.DecisionDeny
 }
 
 // Forwarded reports whether the request goes upstream.
@@ -90,26 +85,26 @@ type trace struct {
 
 func (p *Policy) decide(id identity.Identity, req *Request, tr *trace) Decision {
 	ep := req.Endpoint
-	if !ep.MethodAllowed(req.Method) {
-		// Not a policy question: the API does not serve the method, so
-		// no mode turns this into a forward.
-		return Decision{Action: Deny, Reason: ReasonMethod}
+	if !ep.Serves(req.Method, req.Path) {
+		// Not a policy question: the API does not serve the method
+		// there, so no mode turns this into a forward.
+		return Decision{Action: Deny, Reason: audit.ReasonMethod}
 	}
 	credential := ep.IsCredential(req.Path)
 
 	var (
-		selected, audit bool
-		allowRule       string // first rule that allows the request
-		credRule        string // first allowing rule with credentials: allow
+		selected, auditing bool
+		allowRule          string // first rule that allows the request
+		credRule           string // first allowing rule with credentials: allow
 	)
 	var buf [32]int32
-	for _, i := range p.index.candidates(buf[:0], id.Labels, id.NamespaceLabels, id.ServiceAccount) {
+	for _, i := range p.index.candidates(buf[:0], id.Labels, id.NamespaceLabels, id.Namespace, id.ServiceAccount) {
 		r := p.rules[i]
-		if !r.selects(id.Labels, id.NamespaceLabels, id.ServiceAccount, ep) {
+		if !r.selects(&id, ep) {
 			continue
 		}
 		selected = true
-		audit = audit || r.mode == ModeAudit
+		auditing = auditing || r.mode == ModeAudit
 		if tr != nil {
 			tr.selected = append(tr.selected, r.name)
 		}
@@ -129,35 +124,61 @@ func (p *Policy) decide(id identity.Identity, req *Request, tr *trace) Decision 
 			break
 		}
 	}
-	audit = audit || p.Mode == ModeAudit
+	auditing = auditing || p.Mode == ModeAudit
+	listing := ep.mayListCredentials(req.Path)
 
 	var d Decision
 	switch {
 	case !selected && p.DefaultAction == Deny:
-		d = Decision{Action: Deny, Reason: ReasonNoRule}
+		d = Decision{Action: Deny, Reason: audit.ReasonNoRule}
+	case !selected && req.Method != "GET" && req.Method != "HEAD":
+		// defaultAction: allow opens reading the API; a write (GCP guest
+		// attributes feed the SSH host keys clients trust) needs a rule
+		// that names it.
+		d = Decision{Action: Deny, Reason: audit.ReasonNoRule}
 	case !selected:
-		// defaultAction: allow opens the API, not the credential class:
-		// credentials are reachable only through a rule that says so.
+		// Nor does it open the credential class: credentials are
+		// reachable only through a rule that says so.
 		switch {
 		case credential:
-			d = Decision{Action: Deny, Reason: ReasonCredentialPath}
-		case ep.mayListCredentials(req.Path):
-			d = Decision{Action: Strip, Reason: ReasonCredentialsHidden}
+			d = Decision{Action: Deny, Reason: audit.ReasonCredentialPath}
+		case listing:
+			d = Decision{Action: Strip, Reason: audit.ReasonCredentialsHidden}
 		default:
-			d = Decision{Action: Allow, Reason: ReasonDefaultAllow}
+			d = Decision{Action: Allow, Reason: audit.ReasonDefaultAllow}
 		}
 	case allowRule == "":
-		d = Decision{Action: Deny, Reason: ReasonNotAllowed}
-	case credRule != "" && (credential || ep.mayListCredentials(req.Path)):
-		d = Decision{Action: Allow, Rule: credRule, Reason: ReasonCredentialsAllowed}
+		d = Decision{Action: Deny, Reason: audit.ReasonNotAllowed}
+	case credRule != "" && (credential || listing):
+		d = Decision{Action: Allow, Rule: credRule, Reason: audit.ReasonCredentialsAllowed}
 	case credential:
-		d = Decision{Action: Deny, Rule: allowRule, Reason: ReasonCredentialPath}
-	case ep.mayListCredentials(req.Path):
-		d = Decision{Action: Strip, Rule: allowRule, Reason: ReasonCredentialsHidden}
+		d = Decision{Action: Deny, Rule: allowRule, Reason: audit.ReasonCredentialPath}
+	case listing:
+		d = Decision{Action: Strip, Rule: allowRule, Reason: audit.ReasonCredentialsHidden}
 	default:
-		d = Decision{Action: Allow, Rule: allowRule, Reason: ReasonAllowed}
+		d = Decision{Action: Allow, Rule: allowRule, Reason: audit.ReasonAllowed}
 	}
-	if d.Action == Deny && audit {
+	if d.Action == Deny && auditing {
+		d = auditDecision(d, credential, listing)
+	}
+	return d
+}
+
+// auditDecision is what an audit mode makes of a denial: forward it and log
+// it as audit-deny, so a rollout breaks nobody, but never widen access to
+// the credential class. Pod labels are the workload owner's to set, so a
+// rule's audit mode (and the policy's, which every pod is under) must not
+// hand the node's credentials to a pod that labels itself into it, nor to
+// pods that a hop limit or a NetworkPolicy kept out before metaguard: a
+// credential read stays a plain denial, and a listing that may name
+// credentials is forwarded stripped.
+func auditDecision(d Decision, credential, listing bool) Decision {
+	switch {
+	case credential:
+		d.Reason = audit.ReasonCredentialPath
+	case listing:
+		d.Action, d.Audit = Strip, true
+	default:
 		d.Audit = true
 	}
 	return d
@@ -197,29 +218,38 @@ func (p *Policy) Explain(id identity.Identity, req Request) Explanation {
 		Listing:    req.Endpoint.mayListCredentials(req.Path),
 	}
 	switch d.Reason {
-	case ReasonMethod:
-		x.Why = fmt.Sprintf("the %s endpoint %q does not serve %s", req.Endpoint.Flavor, req.Endpoint.Name, req.Method)
-	case ReasonNoRule:
+	case audit.ReasonMethod:
+		x.Why = fmt.Sprintf("the %s endpoint %q does not serve %s on this path", req.Endpoint.Flavor, req.Endpoint.Name, req.Method)
+	case audit.ReasonNoRule:
 		x.Why = "no rule selects this pod and defaultAction is deny"
-	case ReasonDefaultAllow:
+		if p.DefaultAction == Allow {
+			x.Why = "no rule selects this pod, and defaultAction allow opens GET and HEAD only: a write needs a rule that names it"
+		}
+	case audit.ReasonDefaultAllow:
 		x.Why = "no rule selects this pod and defaultAction is allow"
-	case ReasonNotAllowed:
+	case audit.ReasonNotAllowed:
 		x.Why = fmt.Sprintf("rules %v select this pod but none allows %s %s", tr.selected, req.Method, req.Path)
-	case ReasonCredentialPath:
-		if d.Rule == "" {
+	case audit.ReasonCredentialPath:
+		switch {
+		case len(tr.selected) > 0 && d.Rule == "":
+			x.Why = "the path is a credential path and no selecting rule allows it with credentials: allow; audit mode never forwards credential reads"
+		case d.Rule == "":
 			x.Why = "the path is a credential path and defaultAction never opens credentials"
-		} else {
+		default:
 			x.Why = fmt.Sprintf("the path is a credential path and no allowing rule says credentials: allow (allowing: %v)", tr.allowing)
 		}
-	case ReasonCredentialsHidden:
+	case audit.ReasonCredentialsHidden:
 		x.Why = "the response may list credential paths; they are removed from it"
-	case ReasonCredentialsAllowed:
+	case audit.ReasonCredentialsAllowed:
 		x.Why = fmt.Sprintf("rule %q allows the path and says credentials: allow", d.Rule)
-	case ReasonAllowed:
+	case audit.ReasonAllowed:
 		x.Why = fmt.Sprintf("rule %q allows %s %s", d.Rule, req.Method, req.Path)
 	}
 	if d.Audit {
 		x.Why += "; audit mode forwards it anyway and logs audit-deny"
+		if d.Action == Strip {
+			x.Why += ", with credential entries removed from the response"
+		}
 	}
 	return x
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"metaguard.dev/metaguard/identity"
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 const decidePolicy = `
@@ -33,7 +34,7 @@ rules:
       - paths: ["/**"]
     credentials: allow
   - name: batch-sa
-    serviceAccounts: [batch-runner]
+    serviceAccounts: [jobs/batch-runner]
     podSelector: {matchExpressions: [{key: tier, operator: In, values: [batch]}]}
     allow:
       - paths: ["/latest/meta-data/iam/**"]
@@ -42,6 +43,12 @@ rules:
     endpoints: [gcp]
     allow:
       - paths: ["/", "/computeMetadata/v1/**"]
+  - name: gcp-hostkeys
+    podSelector: {matchLabels: {app: guest-agent}}
+    endpoints: [gcp]
+    allow:
+      - methods: [PUT]
+        paths: ["/computeMetadata/v1/instance/guest-attributes/**", "/computeMetadata/v1/instance/attributes/**"]
   - name: billing-identity
     podSelector: {matchLabels: {app: billing}}
     endpoints: [azure]
@@ -102,6 +109,16 @@ func TestDecide(t *testing.T) {
 	trial := pod("web", map[string]string{"app": "trial"}, nil, "")
 	seed3 := pod("metadata-access", map[string]string{"role": "metadata-accessor"}, nil, "")
 	seed1 := pod("metadata-access", map[string]string{"app": "pod1"}, nil, "")
+	batchElsewhere := pod("tenant", map[string]string{"tier": "batch"}, nil, "batch-runner")
+	guestAgent := pod("kube-system", map[string]string{"app": "guest-agent"}, nil, "")
+	idQuery := func(kv ...string) url.Values {
+		q := url.Values{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			q.Set(kv[i], kv[i+1])
+		}
+		return q
+	}
+	const clientA = "00000000-0000-0000-0000-000000000001"
 
 	tests := []struct {
 		name   string
@@ -112,64 +129,77 @@ func TestDecide(t *testing.T) {
 		query  url.Values
 		want   string // decision label
 		rule   string
-		reason string
+		reason audit.Reason
 	}{
 		// Rules are additive; a request is allowed when any selecting rule allows it.
-		{"an empty podSelector selects every pod", plain, "aws", "GET", "/latest/meta-data/instance-id", nil, "allow", "node-facts", ReasonAllowed},
-		{"a trailing ** matches zero segments", plain, "aws", "GET", "/latest/meta-data/placement", nil, "allow", "node-facts", ReasonAllowed},
-		{"a trailing ** matches many segments", plain, "aws", "GET", "/latest/meta-data/placement/region/x", nil, "allow", "node-facts", ReasonAllowed},
-		{"a path outside every allowlist is denied naming no rule", plain, "aws", "GET", "/latest/meta-data/hostname", nil, "deny", "", ReasonNotAllowed},
-		{"methods absent means GET and HEAD only", plain, "aws", "PUT", "/latest/meta-data/instance-id", nil, "deny", "", ReasonNotAllowed},
-		{"a PUT entry allows the IMDSv2 token", plain, "aws", "PUT", "/latest/api/token", nil, "allow", "node-facts", ReasonAllowed},
-		{"HEAD is allowed where listed", plain, "aws", "HEAD", "/latest/meta-data/instance-id", nil, "allow", "node-facts", ReasonAllowed},
-		{"a trailing slash is significant", plain, "aws", "GET", "/latest/meta-data/instance-id/", nil, "deny", "", ReasonNotAllowed},
-		{"paths are case-sensitive", plain, "aws", "GET", "/latest/meta-data/Instance-id", nil, "deny", "", ReasonNotAllowed},
-		{"a rule limited to other endpoints does not select", plain, "gcp", "GET", "/computeMetadata/v1/instance/id", nil, "deny", "", ReasonNoRule},
+		{"an empty podSelector selects every pod", plain, "aws", "GET", "/latest/meta-data/instance-id", nil, "allow", "node-facts", audit.ReasonAllowed},
+		{"a trailing ** matches zero segments", plain, "aws", "GET", "/latest/meta-data/placement", nil, "allow", "node-facts", audit.ReasonAllowed},
+		{"a trailing ** matches many segments", plain, "aws", "GET", "/latest/meta-data/placement/region/x", nil, "allow", "node-facts", audit.ReasonAllowed},
+		{"a path outside every allowlist is denied naming no rule", plain, "aws", "GET", "/latest/meta-data/hostname", nil, "deny", "", audit.ReasonNotAllowed},
+		{"methods absent means GET and HEAD only", gcpPod, "gcp", "PUT", "/computeMetadata/v1/instance/guest-attributes/x/y", nil, "deny", "", audit.ReasonNotAllowed},
+		{"AWS serves PUT only for the IMDSv2 token", plain, "aws", "PUT", "/latest/meta-data/instance-id", nil, "deny", "", audit.ReasonMethod},
+		{"a PUT entry allows the IMDSv2 token", plain, "aws", "PUT", "/latest/api/token", nil, "allow", "node-facts", audit.ReasonAllowed},
+		{"HEAD is allowed where listed", plain, "aws", "HEAD", "/latest/meta-data/instance-id", nil, "allow", "node-facts", audit.ReasonAllowed},
+		{"a trailing slash is significant", plain, "aws", "GET", "/latest/meta-data/instance-id/", nil, "deny", "", audit.ReasonNotAllowed},
+		{"paths are case-sensitive", plain, "aws", "GET", "/latest/meta-data/Instance-id", nil, "deny", "", audit.ReasonNotAllowed},
+		{"a rule limited to other endpoints does not select", plain, "gcp", "GET", "/computeMetadata/v1/instance/id", nil, "deny", "", audit.ReasonNoRule},
 
 		// Credential paths and strip.
-		{"a credential path under a strip rule is denied naming the rule", plain, "aws", "GET", "/latest/meta-data/iam/security-credentials/role", nil, "deny", "", ReasonNotAllowed},
-		{"an allowed listing above credentials is stripped", plain, "aws", "GET", "/latest/meta-data/", nil, "strip", "node-facts", ReasonCredentialsHidden},
-		{"extra credentialPaths make the listing above them stripped", plain, "aws", "GET", "/latest/", nil, "strip", "node-facts", ReasonCredentialsHidden},
-		{"a listing with no credential below is a plain allow", plain, "aws", "GET", "/latest/meta-data/placement/", nil, "allow", "node-facts", ReasonAllowed},
-		{"a credentials: allow rule opens credential paths", accessor, "aws", "GET", "/latest/meta-data/iam/security-credentials/role", nil, "allow", "accessors", ReasonCredentialsAllowed},
-		{"a credentials: allow rule sees listings unstripped", accessor, "aws", "GET", "/latest/meta-data/", nil, "allow", "accessors", ReasonCredentialsAllowed},
-		{"every AWS version segment is a credential path", accessorWrongNS, "aws", "GET", "/2016-09-02/meta-data/iam/security-credentials/role", nil, "deny", "", ReasonNotAllowed},
-		{"extra credential paths are widened to every AWS version", accessor, "aws", "GET", "/1.0/user-data", nil, "allow", "accessors", ReasonCredentialsAllowed},
-		{"an allowed credential path without credentials: allow is denied naming the rule", batch, "aws", "GET", "/latest/meta-data/iam/security-credentials/role", nil, "deny", "batch-sa", ReasonCredentialPath},
+		{"a credential path under a strip rule is denied naming the rule", plain, "aws", "GET", "/latest/meta-data/iam/security-credentials/role", nil, "deny", "", audit.ReasonNotAllowed},
+		{"an allowed listing above credentials is stripped", plain, "aws", "GET", "/latest/meta-data/", nil, "strip", "node-facts", audit.ReasonCredentialsHidden},
+		{"extra credentialPaths make the listing above them stripped", plain, "aws", "GET", "/latest/", nil, "strip", "node-facts", audit.ReasonCredentialsHidden},
+		{"a listing with no credential below is a plain allow", plain, "aws", "GET", "/latest/meta-data/placement/", nil, "allow", "node-facts", audit.ReasonAllowed},
+		{"a credentials: allow rule opens credential paths", accessor, "aws", "GET", "/latest/meta-data/iam/security-credentials/role", nil, "allow", "accessors", audit.ReasonCredentialsAllowed},
+		{"a credentials: allow rule sees listings unstripped", accessor, "aws", "GET", "/latest/meta-data/", nil, "allow", "accessors", audit.ReasonCredentialsAllowed},
+		{"every AWS version segment is a credential path", accessorWrongNS, "aws", "GET", "/2016-09-02/meta-data/iam/security-credentials/role", nil, "deny", "", audit.ReasonNotAllowed},
+		{"extra credential paths are widened to every AWS version", accessor, "aws", "GET", "/1.0/user-data", nil, "allow", "accessors", audit.ReasonCredentialsAllowed},
+		{"an allowed credential path without credentials: allow is denied naming the rule", batch, "aws", "GET", "/latest/meta-data/iam/security-credentials/role", nil, "deny", "batch-sa", audit.ReasonCredentialPath},
 
 		// Selection: pod, namespace, service account.
-		{"namespaceSelector must match too", accessorWrongNS, "aws", "GET", "/latest/meta-data/hostname", nil, "deny", "", ReasonNotAllowed},
-		{"serviceAccounts must list the pod's account", batchOtherSA, "aws", "GET", "/latest/meta-data/iam/info", nil, "deny", "", ReasonNotAllowed},
-		{"matchExpressions In selects", batch, "aws", "GET", "/latest/meta-data/iam/info", nil, "deny", "batch-sa", ReasonCredentialPath},
-		{"matchExpressions Exists selects", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/id", nil, "allow", "gcp-readers", ReasonAllowed},
+		{"namespaceSelector must match too", accessorWrongNS, "aws", "GET", "/latest/meta-data/hostname", nil, "deny", "", audit.ReasonNotAllowed},
+		{"serviceAccounts must list the pod's account", batchOtherSA, "aws", "GET", "/latest/meta-data/iam/info", nil, "deny", "", audit.ReasonNotAllowed},
+		{"matchExpressions In selects", batch, "aws", "GET", "/latest/meta-data/iam/info", nil, "deny", "batch-sa", audit.ReasonCredentialPath},
+		{"a service account of the same name in another namespace is not selected", batchElsewhere, "aws", "GET", "/latest/meta-data/iam/info", nil, "deny", "", audit.ReasonNotAllowed},
+		{"matchExpressions Exists selects", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/id", nil, "allow", "gcp-readers", audit.ReasonAllowed},
 
 		// GCP.
-		{"GCP token is a credential path", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/service-accounts/default/token", nil, "deny", "gcp-readers", ReasonCredentialPath},
-		{"GCP identity is a credential path", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/service-accounts/default/identity", nil, "deny", "gcp-readers", ReasonCredentialPath},
-		{"GCP token with a trailing slash is a credential path too", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/service-accounts/default/token/", nil, "deny", "gcp-readers", ReasonCredentialPath},
-		{"GCP kube-env is a credential path", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/attributes/kube-env", nil, "deny", "gcp-readers", ReasonCredentialPath},
-		{"GCP recursive dump above credentials is stripped", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/", url.Values{"recursive": {"true"}}, "strip", "gcp-readers", ReasonCredentialsHidden},
-		{"GCP service account directory listing is stripped", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/service-accounts/default/", nil, "strip", "gcp-readers", ReasonCredentialsHidden},
-		{"GCP legacy v1beta1 is credentials as a whole", accessor, "gcp", "GET", "/computeMetadata/v1beta1/instance/id", nil, "allow", "accessors", ReasonCredentialsAllowed},
-		{"GCP root listing is stripped for non-accessors", gcpPod, "gcp", "GET", "/", nil, "strip", "gcp-readers", ReasonCredentialsHidden},
+		{"GCP token is a credential path", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/service-accounts/default/token", nil, "deny", "gcp-readers", audit.ReasonCredentialPath},
+		{"GCP identity is a credential path", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/service-accounts/default/identity", nil, "deny", "gcp-readers", audit.ReasonCredentialPath},
+		{"GCP token with a trailing slash is a credential path too", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/service-accounts/default/token/", nil, "deny", "gcp-readers", audit.ReasonCredentialPath},
+		{"GCP kube-env is a credential path", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/attributes/kube-env", nil, "deny", "gcp-readers", audit.ReasonCredentialPath},
+		{"GCP recursive dump above credentials is stripped", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/", url.Values{"recursive": {"true"}}, "strip", "gcp-readers", audit.ReasonCredentialsHidden},
+		{"GCP service account directory listing is stripped", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/service-accounts/default/", nil, "strip", "gcp-readers", audit.ReasonCredentialsHidden},
+		{"GCP legacy v1beta1 is credentials as a whole", accessor, "gcp", "GET", "/computeMetadata/v1beta1/instance/id", nil, "allow", "accessors", audit.ReasonCredentialsAllowed},
+		{"GCP root listing is stripped for non-accessors", gcpPod, "gcp", "GET", "/", nil, "strip", "gcp-readers", audit.ReasonCredentialsHidden},
+		{"GCP metadata server mTLS certificates are credentials", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/credentials/certs", nil, "deny", "gcp-readers", audit.ReasonCredentialPath},
+		{"GCP metadata server client key is a credential", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/credentials/mds-client-certificate", nil, "deny", "gcp-readers", audit.ReasonCredentialPath},
+		{"GCP workload certificates are credentials", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/gce-workload-certificates/workload-identities", nil, "deny", "gcp-readers", audit.ReasonCredentialPath},
+		{"GCP workload identities are credentials", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/workload-identities", nil, "deny", "gcp-readers", audit.ReasonCredentialPath},
+		{"GCP PUT is served under guest-attributes", guestAgent, "gcp", "PUT", "/computeMetadata/v1/instance/guest-attributes/hostkeys/ssh-ed25519", nil, "allow", "gcp-hostkeys", audit.ReasonAllowed},
+		{"GCP PUT outside guest-attributes is not served, whatever a rule says", guestAgent, "gcp", "PUT", "/computeMetadata/v1/instance/attributes/ssh-keys", nil, "deny", "", audit.ReasonMethod},
 
 		// Azure and query constraints.
-		{"a query constraint with the listed value allows", billing, "azure", "GET", "/metadata/identity/oauth2/token", url.Values{"client_id": {"00000000-0000-0000-0000-000000000001"}}, "allow", "billing-identity", ReasonCredentialsAllowed},
-		{"a query constraint with another value does not allow", billing, "azure", "GET", "/metadata/identity/oauth2/token", url.Values{"client_id": {"00000000-0000-0000-0000-000000000002"}}, "deny", "", ReasonNotAllowed},
-		{"a query constraint with the key absent does not allow", billing, "azure", "GET", "/metadata/identity/oauth2/token", nil, "deny", "", ReasonNotAllowed},
-		{"Azure serves GET only", accessor, "azure", "PUT", "/metadata/instance", nil, "deny", "", ReasonMethod},
+		{"a query constraint with the listed value allows", billing, "azure", "GET", "/metadata/identity/oauth2/token", url.Values{"client_id": {"00000000-0000-0000-0000-000000000001"}}, "allow", "billing-identity", audit.ReasonCredentialsAllowed},
+		{"a query constraint with another value does not allow", billing, "azure", "GET", "/metadata/identity/oauth2/token", url.Values{"client_id": {"00000000-0000-0000-0000-000000000002"}}, "deny", "", audit.ReasonNotAllowed},
+		{"a query constraint with the key absent does not allow", billing, "azure", "GET", "/metadata/identity/oauth2/token", nil, "deny", "", audit.ReasonNotAllowed},
+		{"an entry pinning client_id refuses a second identity key beside it", billing, "azure", "GET", "/metadata/identity/oauth2/token", idQuery("client_id", clientA, "msi_res_id", "/subscriptions/x"), "deny", "", audit.ReasonNotAllowed},
+		{"an entry pinning client_id refuses object_id beside it", billing, "azure", "GET", "/metadata/identity/oauth2/token", idQuery("client_id", clientA, "object_id", "x"), "deny", "", audit.ReasonNotAllowed},
+		{"an entry pinning client_id allows keys that pick no identity", billing, "azure", "GET", "/metadata/identity/oauth2/token", idQuery("client_id", clientA, "resource", "https://vault.azure.net", "api-version", "2018-02-01"), "allow", "billing-identity", audit.ReasonCredentialsAllowed},
+		{"Azure serves GET only", accessor, "azure", "PUT", "/metadata/instance", nil, "deny", "", audit.ReasonMethod},
 
 		// Default action and modes.
-		{"a pod no rule selects gets defaultAction deny", plain, "onprem", "GET", "/", nil, "deny", "", ReasonNoRule},
-		{"the field's seed: pod1 is denied", seed1, "onprem", "GET", "/", nil, "deny", "", ReasonNoRule},
-		{"the field's seed: pod3 with role metadata-accessor gets through", seed3, "onprem", "GET", "/anything", nil, "allow", "onprem-accessor", ReasonAllowed},
-		{"a rule in audit mode turns its pods' denials into audit-deny", trial, "aws", "GET", "/latest/meta-data/hostname", nil, "audit-deny", "", ReasonNotAllowed},
-		{"an audit rule still allows what it allows", trial, "aws", "GET", "/latest/meta-data/instance-id", nil, "allow", "node-facts", ReasonAllowed},
+		{"a pod no rule selects gets defaultAction deny", plain, "onprem", "GET", "/", nil, "deny", "", audit.ReasonNoRule},
+		{"the field's seed: pod1 is denied", seed1, "onprem", "GET", "/", nil, "deny", "", audit.ReasonNoRule},
+		{"the field's seed: pod3 with role metadata-accessor gets through", seed3, "onprem", "GET", "/anything", nil, "allow", "onprem-accessor", audit.ReasonAllowed},
+		{"a rule in audit mode turns its pods' denials into audit-deny", trial, "aws", "GET", "/latest/meta-data/hostname", nil, "audit-deny", "", audit.ReasonNotAllowed},
+		{"an audit rule still allows what it allows", trial, "aws", "GET", "/latest/meta-data/instance-id", nil, "allow", "node-facts", audit.ReasonAllowed},
+		{"a rule in audit mode never forwards a credential read", trial, "aws", "GET", "/latest/meta-data/iam/security-credentials/role", nil, "deny", "", audit.ReasonCredentialPath},
+		{"a rule in audit mode never forwards iam/info", trial, "aws", "GET", "/latest/meta-data/iam/info", nil, "deny", "", audit.ReasonCredentialPath},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := p.Decide(tt.id, Request{Endpoint: ep(tt.ep), Method: tt.method, Path: tt.path, Query: tt.query})
-			if d.Label() != tt.want || d.Rule != tt.rule || d.Reason != tt.reason {
+			if d.Label().String() != tt.want || d.Rule != tt.rule || d.Reason != tt.reason {
 				t.Errorf("Decide(%s %s) = %s rule=%q reason=%s, want %s rule=%q reason=%s",
 					tt.method, tt.path, d.Label(), d.Rule, d.Reason, tt.want, tt.rule, tt.reason)
 			}
@@ -187,34 +217,56 @@ defaultAction: allow
 	ep := p.Endpoints()[0]
 	id := pod("web", nil, nil, "")
 	tests := []struct {
-		path, want, reason string
+		method, path, want string
+		reason             audit.Reason
 	}{
-		{"/latest/meta-data/instance-id", "allow", ReasonDefaultAllow},
-		{"/latest/meta-data/", "strip", ReasonCredentialsHidden},
-		{"/latest/meta-data/iam/security-credentials/role", "deny", ReasonCredentialPath},
+		{"GET", "/latest/meta-data/instance-id", "allow", audit.ReasonDefaultAllow},
+		{"HEAD", "/latest/meta-data/instance-id", "allow", audit.ReasonDefaultAllow},
+		{"GET", "/latest/meta-data/", "strip", audit.ReasonCredentialsHidden},
+		{"GET", "/latest/meta-data/iam/security-credentials/role", "deny", audit.ReasonCredentialPath},
+		// A default opens reading only; a write needs a rule naming it.
+		{"PUT", "/latest/api/token", "deny", audit.ReasonNoRule},
 	}
 	for _, tt := range tests {
-		d := p.Decide(id, Request{Endpoint: ep, Method: "GET", Path: tt.path})
-		if d.Label() != tt.want || d.Reason != tt.reason {
-			t.Errorf("%s: got %s/%s, want %s/%s", tt.path, d.Label(), d.Reason, tt.want, tt.reason)
+		d := p.Decide(id, Request{Endpoint: ep, Method: tt.method, Path: tt.path})
+		if d.Label().String() != tt.want || d.Reason != tt.reason {
+			t.Errorf("%s %s: got %s/%s, want %s/%s", tt.method, tt.path, d.Label(), d.Reason, tt.want, tt.reason)
 		}
 	}
 }
 
-func TestDecidePolicyAuditModeForwardsDenials(t *testing.T) {
+func TestDecidePolicyAuditMode(t *testing.T) {
 	p := mustParse(t, `
 apiVersion: metaguard.dev/v1alpha1
 kind: Policy
 mode: audit
 endpoints: [{name: aws, address: "169.254.169.254:80", flavor: aws}]
 `)
-	d := p.Decide(pod("web", nil, nil, ""), Request{Endpoint: p.Endpoints()[0], Method: "GET", Path: "/latest/meta-data/iam/info"})
-	if d.Label() != "audit-deny" || !d.Forwarded() {
-		t.Fatalf("got %s forwarded=%v, want audit-deny forwarded", d.Label(), d.Forwarded())
+	ep := p.Endpoints()[0]
+	web := pod("web", nil, nil, "")
+	tests := []struct {
+		name, method, path string
+		want               string
+		action             Action
+		reason             audit.Reason
+	}{
+		{"a denial is forwarded as audit-deny", "GET", "/latest/meta-data/hostname", "audit-deny", Deny, audit.ReasonNoRule},
+		{"a listing above credentials is forwarded stripped", "GET", "/latest/meta-data/", "audit-deny", Strip, audit.ReasonNoRule},
+		{"a credential read is denied, not forwarded", "GET", "/latest/meta-data/iam/security-credentials/role", "deny", Deny, audit.ReasonCredentialPath},
+		{"iam/info is denied, not forwarded", "GET", "/latest/meta-data/iam/info", "deny", Deny, audit.ReasonCredentialPath},
+		{"an older API version of a credential is denied too", "GET", "/2016-09-02/meta-data/iam/security-credentials/", "deny", Deny, audit.ReasonCredentialPath},
+		{"an unserved method is not a policy question", "DELETE", "/", "deny", Deny, audit.ReasonMethod},
 	}
-	d = p.Decide(pod("web", nil, nil, ""), Request{Endpoint: p.Endpoints()[0], Method: "DELETE", Path: "/"})
-	if d.Label() != "deny" {
-		t.Fatalf("an unserved method in audit mode = %s, want deny (not a policy question)", d.Label())
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := p.Decide(web, Request{Endpoint: ep, Method: tt.method, Path: tt.path})
+			if d.Label().String() != tt.want || d.Action != tt.action || d.Reason != tt.reason {
+				t.Errorf("got %s (action %s) reason %s, want %s (action %s) reason %s", d.Label(), d.Action, d.Reason, tt.want, tt.action, tt.reason)
+			}
+			if d.Forwarded() != (tt.want == "audit-deny") {
+				t.Errorf("Forwarded = %v", d.Forwarded())
+			}
+		})
 	}
 }
 
@@ -248,7 +300,7 @@ func TestExplainNamesSelectingAndAllowingRules(t *testing.T) {
 	p := mustParse(t, decidePolicy)
 	ep, _ := p.EndpointByName("aws")
 	x := p.Explain(pod("jobs", map[string]string{"tier": "batch"}, nil, "batch-runner"), Request{Endpoint: ep, Method: "GET", Path: "/latest/meta-data/iam/info"})
-	if x.Decision.Label() != "deny" || !x.Credential {
+	if x.Decision.Label() != audit.DecisionDeny || !x.Credential {
 		t.Fatalf("got %+v", x)
 	}
 	if len(x.Selecting) != 2 || x.Selecting[0] != "node-facts" || x.Selecting[1] != "batch-sa" {

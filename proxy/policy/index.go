@@ -19,21 +19,21 @@ import (
 type ruleIndex struct {
 	pod    map[labelKV][]int32
 	ns     map[labelKV][]int32
-	sa     map[string][]int32
+	sa     map[serviceAccountRef][]int32
 	always []int32
 }
 
 type labelKV struct{ k, v string }
 
-func buildIndex(specs []*ruleSpec) ruleIndex {
-	x := ruleIndex{pod: map[labelKV][]int32{}, ns: map[labelKV][]int32{}, sa: map[string][]int32{}}
+func buildIndex(specs []*ruleSpec, rules []*rule) ruleIndex {
+	x := ruleIndex{pod: map[labelKV][]int32{}, ns: map[labelKV][]int32{}, sa: map[serviceAccountRef][]int32{}}
 	for i, s := range specs {
 		idx := int32(i)
 		switch {
 		case fileUnder(x.pod, s.PodSelector, idx):
 		case fileUnder(x.ns, s.NamespaceSelector, idx):
-		case len(s.ServiceAccounts) > 0:
-			for _, sa := range s.ServiceAccounts {
+		case len(rules[i].serviceAccounts) > 0:
+			for _, sa := range uniqRefs(rules[i].serviceAccounts) {
 				x.sa[sa] = append(x.sa[sa], idx)
 			}
 		default:
@@ -71,6 +71,18 @@ func fileUnder(m map[labelKV][]int32, s *selectorSpec, idx int32) bool {
 	return false
 }
 
+func uniqRefs(refs []serviceAccountRef) []serviceAccountRef {
+	seen := map[serviceAccountRef]bool{}
+	var out []serviceAccountRef
+	for _, r := range refs {
+		if !seen[r] {
+			seen[r] = true
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 func uniq(vals []string) []string {
 	seen := map[string]bool{}
 	out := vals[:0:0]
@@ -86,7 +98,7 @@ func uniq(vals []string) []string {
 // candidates appends, in file order, the rules that may select a pod with
 // these labels, namespace labels and service account. buf is reused so the
 // common case does not allocate.
-func (x *ruleIndex) candidates(buf []int32, podLabels, nsLabels map[string]string, sa string) []int32 {
+func (x *ruleIndex) candidates(buf []int32, podLabels, nsLabels map[string]string, namespace, sa string) []int32 {
 	out := append(buf[:0], x.always...)
 	for k, v := range podLabels {
 		out = append(out, x.pod[labelKV{k, v}]...)
@@ -94,7 +106,7 @@ func (x *ruleIndex) candidates(buf []int32, podLabels, nsLabels map[string]strin
 	for k, v := range nsLabels {
 		out = append(out, x.ns[labelKV{k, v}]...)
 	}
-	out = append(out, x.sa[sa]...)
+	out = append(out, x.sa[serviceAccountRef{namespace, sa}]...)
 	// Each rule sits under one anchor, and a pod has one value per key,
 	// so there are no duplicates; only the order needs restoring. The
 	// lists are short: insertion sort, no allocation.

@@ -22,8 +22,8 @@ rules:
   - {name: by-in, podSelector: {matchExpressions: [{key: app, operator: In, values: [b, c, b]}]}, allow: [{paths: ["/latest/meta-data/b/**"]}]}
   - {name: by-notin, podSelector: {matchExpressions: [{key: app, operator: NotIn, values: [a]}]}, allow: [{paths: ["/latest/meta-data/n/**"]}]}
   - {name: by-ns, namespaceSelector: {matchLabels: {team: x}}, allow: [{paths: ["/latest/meta-data/ns/**"]}], credentials: allow}
-  - {name: by-sa, serviceAccounts: [robot, other], allow: [{paths: ["/latest/meta-data/iam/**"]}], credentials: allow}
-  - {name: by-sa-and-label, serviceAccounts: [robot], podSelector: {matchLabels: {app: c}}, allow: [{paths: ["/latest/meta-data/c/**"]}]}
+  - {name: by-sa, serviceAccounts: [n/robot, m/other], allow: [{paths: ["/latest/meta-data/iam/**"]}], credentials: allow}
+  - {name: by-sa-and-label, serviceAccounts: [n/robot], podSelector: {matchLabels: {app: c}}, allow: [{paths: ["/latest/meta-data/c/**"]}]}
   - {name: by-exists, podSelector: {matchExpressions: [{key: tier, operator: Exists}]}, allow: [{paths: ["/latest/meta-data/", "/latest/meta-data/t/**"]}]}
 `
 	p := mustParse(t, doc)
@@ -48,7 +48,7 @@ rules:
 		if v := pick("", "x", "y"); v != "" {
 			ns["team"] = v
 		}
-		id := identity.Identity{Namespace: "n", Name: "p", ServiceAccount: pick("default", "robot", "other"), Labels: labels, NamespaceLabels: ns}
+		id := identity.Identity{Namespace: pick("n", "m"), Name: "p", ServiceAccount: pick("default", "robot", "other"), Labels: labels, NamespaceLabels: ns}
 		req := Request{Endpoint: p.Endpoints()[0], Method: "GET", Path: pick(paths...)}
 		got, want := p.Decide(id, req), all.Decide(id, req)
 		if got != want {

@@ -158,3 +158,40 @@ rateLimit: {requestsPerSecond: 2.5}
 		t.Errorf("a Host naming the endpoint is kept, got %q", got)
 	}
 }
+
+func TestServiceAccountsNameTheirNamespace(t *testing.T) {
+	const head = `apiVersion: metaguard.dev/v1alpha1
+kind: Policy
+endpoints: [{name: aws, address: "169.254.169.254:80", flavor: aws}]
+rules:
+  - name: r
+`
+	tests := []struct {
+		name string
+		rule string
+		want string // substring of the error; "" = valid
+	}{
+		{"namespace/name is accepted", "    serviceAccounts: [shop/checkout]\n    allow: [{paths: [/x]}]\n", ""},
+		{"a bare name is refused: any tenant can create one of that name", "    serviceAccounts: [checkout]\n    allow: [{paths: [/x]}]\n", `service account "checkout" names no namespace`},
+		{"a bare name is accepted when matchLabels pins the namespace", "    namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: shop}}\n    serviceAccounts: [checkout]\n    allow: [{paths: [/x]}]\n", ""},
+		{"a bare name is accepted when a one-value In pins the namespace", "    namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [shop]}]}\n    serviceAccounts: [checkout]\n    allow: [{paths: [/x]}]\n", ""},
+		{"a bare name is refused when In lists two namespaces", "    namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [shop, web]}]}\n    serviceAccounts: [checkout]\n    allow: [{paths: [/x]}]\n", "names no namespace"},
+		{"a bare name is refused under another namespace label", "    namespaceSelector: {matchLabels: {team: shop}}\n    serviceAccounts: [checkout]\n    allow: [{paths: [/x]}]\n", "names no namespace"},
+		{"a qualified name outside the pinned namespace can never match", "    namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: shop}}\n    serviceAccounts: [web/checkout]\n    allow: [{paths: [/x]}]\n", "could never select it"},
+		{"an invalid namespace is refused", "    serviceAccounts: [Shop/checkout]\n    allow: [{paths: [/x]}]\n", `namespace "Shop"`},
+		{"an empty name is refused", "    serviceAccounts: [shop/]\n    allow: [{paths: [/x]}]\n", `name ""`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("p.yaml", []byte(head+tt.rule))
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.want != "" && err == nil:
+				t.Fatalf("accepted, want an error containing %q", tt.want)
+			case tt.want != "" && !strings.Contains(err.Error(), tt.want):
+				t.Fatalf("error %q does not contain %q", err, tt.want)
+			}
+		})
+	}
+}

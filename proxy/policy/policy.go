@@ -2,9 +2,12 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/labels"
+
+	"metaguard.dev/metaguard/identity"
 )
 
 // Mode says whether denials are enforced.
@@ -33,7 +36,15 @@ type Policy struct {
 	byAddr    map[netip.AddrPort]*Endpoint
 	rules     []*rule
 	index     ruleIndex
+	// invalid is set on the placeholder FailClosed builds: no valid policy
+	// was ever loaded, so nothing is allowed.
+	invalid error
 }
+
+// Invalid returns why no valid policy is in force, or nil. A policy with an
+// error is FailClosed's placeholder: it intercepts its endpoints and
+// allows nothing.
+func (p *Policy) Invalid() error { return p.invalid }
 
 // RateLimit is a per-pod token bucket protecting the node's IMDS quota.
 type RateLimit struct {
@@ -47,9 +58,10 @@ type Endpoint struct {
 	Addr   netip.AddrPort
 	Flavor Flavor
 
-	spec  flavorSpec
-	hosts map[string]bool
-	creds []pattern
+	spec   flavorSpec
+	hosts  map[string]bool
+	creds  []pattern
+	writes []pattern // compiled spec.writes
 }
 
 // Endpoints returns the policy's endpoints in file order.
@@ -80,14 +92,35 @@ func (p *Policy) RuleNames() []string {
 	return names
 }
 
-// MethodAllowed reports whether the endpoint's API serves method at all.
+// MethodAllowed reports whether the endpoint's API serves method at all,
+// on some path.
 func (e *Endpoint) MethodAllowed(method string) bool {
-	for _, m := range e.spec.methods {
-		if m == method {
+	return slices.Contains(e.spec.methods, method)
+}
+
+// Serves reports whether the endpoint's API serves method on path: PUT only
+// where the API takes writes (the AWS token, GCP guest attributes).
+func (e *Endpoint) Serves(method, path string) bool {
+	if !e.MethodAllowed(method) {
+		return false
+	}
+	if method != "PUT" || e.spec.writes == nil {
+		return true
+	}
+	for _, w := range e.writes {
+		if w.match(path) {
 			return true
 		}
 	}
 	return false
+}
+
+// AcceptsBody reports whether a request with method may carry a body: only
+// a PUT, and only where the API defines one. A body anywhere else is a
+// request hidden inside a request, waiting for an upstream that does not
+// read it.
+func (e *Endpoint) AcceptsBody(method string) bool {
+	return method == "PUT" && e.spec.putBody
 }
 
 // QueryKeys returns the query keys the endpoint's API knows, or nil when
@@ -138,7 +171,7 @@ type rule struct {
 	mode             Mode
 	podSelector      labels.Selector
 	namespaceSel     labels.Selector
-	serviceAccounts  []string
+	serviceAccounts  []serviceAccountRef
 	endpoints        map[string]bool // nil: every endpoint
 	allow            []allowEntry
 	credentialsAllow bool
@@ -150,14 +183,19 @@ type allowEntry struct {
 	query   map[string][]string
 }
 
-func (r *rule) selects(podLabels, nsLabels map[string]string, sa string, ep *Endpoint) bool {
+// serviceAccountRef names one service account. A name alone would match
+// the same name in every namespace, and creating a service account is an
+// ordinary tenant right, so a rule always knows the namespace too.
+type serviceAccountRef struct{ namespace, name string }
+
+func (r *rule) selects(id *identity.Identity, ep *Endpoint) bool {
 	if r.endpoints != nil && !r.endpoints[ep.Name] {
 		return false
 	}
-	if len(r.serviceAccounts) > 0 && !contains(r.serviceAccounts, sa) {
+	if len(r.serviceAccounts) > 0 && !slices.Contains(r.serviceAccounts, serviceAccountRef{id.Namespace, id.ServiceAccount}) {
 		return false
 	}
-	return r.podSelector.Matches(labels.Set(podLabels)) && r.namespaceSel.Matches(labels.Set(nsLabels))
+	return r.podSelector.Matches(labels.Set(id.Labels)) && r.namespaceSel.Matches(labels.Set(id.NamespaceLabels))
 }
 
 func (a *allowEntry) allows(req *Request) bool {
@@ -170,8 +208,29 @@ func (a *allowEntry) allows(req *Request) bool {
 			return false
 		}
 	}
+	if a.pinsIdentity(req.Endpoint) {
+		// An entry pinning one identity (Azure client_id) must not let a
+		// request name a second one beside it (msi_res_id, object_id):
+		// which one the service honours is its business, not the rule's.
+		for _, k := range req.Endpoint.spec.identityKeys {
+			if _, pinned := a.query[k]; !pinned && req.Query.Has(k) {
+				return false
+			}
+		}
+	}
 	for _, p := range a.paths {
 		if p.match(req.Path) {
+			return true
+		}
+	}
+	return false
+}
+
+// pinsIdentity reports whether the entry constrains a query key that picks
+// an identity on ep.
+func (a *allowEntry) pinsIdentity(ep *Endpoint) bool {
+	for _, k := range ep.spec.identityKeys {
+		if _, ok := a.query[k]; ok {
 			return true
 		}
 	}

@@ -1,9 +1,12 @@
 package policy
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,8 +75,8 @@ func TestStoreFollowsConfigMapSymlinkSwapsAndKeepsTheGoodPolicy(t *testing.T) {
 		if s.Current().Mode != ModeAudit || s.Generation() != 2 || changed != 1 {
 			t.Fatalf("mode %s generation %d changed %d", s.Current().Mode, s.Generation(), changed)
 		}
-		if v := testutil.ToFloat64(s.info.WithLabelValues("2", "audit")); v != 1 {
-			t.Errorf("policy_info{generation=2,mode=audit} = %v", v)
+		if v := testutil.ToFloat64(s.info.WithLabelValues("2", "audit", hashOf(auditDoc))); v != 1 {
+			t.Errorf("policy_info{generation=2,mode=audit,hash} = %v", v)
 		}
 		if n := testutil.CollectAndCount(s.info); n != 1 {
 			t.Errorf("policy_info has %d series, want only the current one", n)
@@ -90,6 +93,9 @@ func TestStoreFollowsConfigMapSymlinkSwapsAndKeepsTheGoodPolicy(t *testing.T) {
 		if v := testutil.ToFloat64(s.reloads.WithLabelValues("error")); v != 1 {
 			t.Errorf("reloads{error} = %v, want 1", v)
 		}
+		if v := testutil.ToFloat64(s.lastGood); v != 0 {
+			t.Errorf("last_reload_successful = %v after a broken file, want 0", v)
+		}
 		// Reported once, not on every poll.
 		_ = s.Reload()
 		if v := testutil.ToFloat64(s.reloads.WithLabelValues("error")); v != 1 {
@@ -104,8 +110,11 @@ func TestStoreFollowsConfigMapSymlinkSwapsAndKeepsTheGoodPolicy(t *testing.T) {
 		if s.Current().Mode != ModeEnforce || s.Generation() != 3 {
 			t.Fatalf("mode %s generation %d", s.Current().Mode, s.Generation())
 		}
-		if v := testutil.ToFloat64(s.reloads.WithLabelValues("success")); v != 2 {
-			t.Errorf("reloads{success} = %v, want 2", v)
+		if v := testutil.ToFloat64(s.reloads.WithLabelValues("success")); v != 3 {
+			t.Errorf("reloads{success} = %v, want 3 (start, two reloads)", v)
+		}
+		if v := testutil.ToFloat64(s.lastGood); v != 1 {
+			t.Errorf("last_reload_successful = %v, want 1", v)
 		}
 	})
 	t.Run("a policy a listener refuses is not applied", func(t *testing.T) {
@@ -133,12 +142,60 @@ func TestStoreFollowsConfigMapSymlinkSwapsAndKeepsTheGoodPolicy(t *testing.T) {
 	})
 }
 
-func TestNewStoreRefusesAnInvalidPolicy(t *testing.T) {
+func hashOf(doc string) string {
+	sum := sha256.Sum256([]byte(doc))
+	return hex.EncodeToString(sum[:8])
+}
+
+func TestNewStoreFailsClosedOnAnInvalidPolicyAndTakesUpTheFirstValidOne(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "p.yaml")
-	if err := os.WriteFile(path, []byte(brokenDoc), 0o644); err != nil {
+	broken := "apiVersion: metaguard.dev/v1alpha1\nkind: Policy\nendpoints: [{name: imds, address: \"169.254.169.254:80\", flavor: aws}, {name: wire, address: \"168.63.129.99:80\", flavor: generic}]\ndefaultAction: maybe\n"
+	if err := os.WriteFile(path, []byte(broken), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewStore(path, slog.New(slog.NewTextHandler(io.Discard, nil)), nil); err == nil {
-		t.Fatal("NewStore accepted an invalid policy")
+	reg := prometheus.NewRegistry()
+	s, err := NewStore(path, slog.New(slog.DiscardHandler), reg)
+	if err != nil {
+		t.Fatalf("NewStore: %v", err)
+	}
+	p := s.Current()
+	if p.Invalid() == nil || !strings.Contains(p.Invalid().Error(), "defaultAction") {
+		t.Fatalf("Current().Invalid() = %v, want the validation error", p.Invalid())
+	}
+	for _, addr := range []string{"169.254.169.254:80", "[fd00:ec2::254]:80", "[fd20:ce::254]:80", "168.63.129.16:80", "168.63.129.99:80"} {
+		if _, ok := p.EndpointFor(netip.MustParseAddrPort(addr)); !ok {
+			t.Errorf("the fail-closed policy does not intercept %s", addr)
+		}
+	}
+	if v := testutil.ToFloat64(s.lastGood); v != 0 || s.Generation() != 0 {
+		t.Errorf("last_reload_successful = %v generation %d, want 0 and 0", v, s.Generation())
+	}
+	if err := s.Reload(); err != nil {
+		t.Errorf("an unchanged broken file is reported once, got %v", err)
+	}
+
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(); err == nil || s.Current().Invalid() == nil {
+		t.Fatalf("a missing file: err %v, still failing closed = %v", err, s.Current().Invalid() != nil)
+	}
+	if _, ok := s.Current().EndpointFor(netip.MustParseAddrPort("169.254.169.254:80")); !ok {
+		t.Error("a missing file dropped the well-known endpoints")
+	}
+
+	var seen []*Policy
+	s.OnChange(func(p *Policy) error { seen = append(seen, p); return nil })
+	if err := os.WriteFile(path, []byte(enforceDoc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Current().Invalid() != nil || s.Generation() != 1 || len(seen) != 1 || seen[0] != s.Current() {
+		t.Fatalf("the first valid policy: invalid=%v generation %d listeners %d", s.Current().Invalid(), s.Generation(), len(seen))
+	}
+	if v := testutil.ToFloat64(s.lastGood); v != 1 {
+		t.Errorf("last_reload_successful = %v, want 1", v)
 	}
 }

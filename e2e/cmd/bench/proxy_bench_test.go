@@ -70,7 +70,6 @@ func newLoopback(b *testing.B) *loopback {
 		// Every connection is "bound for" the endpoint, as SO_ORIGINAL_DST
 		// would say after the DNAT.
 		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return upAddr, nil },
-		Audit:       io.Discard,
 	})
 	if err != nil {
 		b.Fatal(err)

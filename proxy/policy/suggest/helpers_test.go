@@ -83,7 +83,7 @@ func logOf(t *testing.T, pol *policy.Policy, calls []call) []byte {
 		writeRecord(t, &b, record{
 			Pod: id.Name, Namespace: id.Namespace, PodUID: id.UID, ServiceAccount: id.ServiceAccount, Labels: id.Labels,
 			Endpoint: c.endpoint, Method: c.method, Path: c.path, QueryKeys: c.queryKeys,
-			Decision: d.Label(), Rule: d.Rule, Reason: d.Reason, Status: status,
+			Decision: d.Label().String(), Rule: d.Rule, Reason: d.Reason.String(), Status: status,
 		})
 	}
 	return b.Bytes()

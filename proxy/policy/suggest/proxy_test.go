@@ -17,6 +17,7 @@ import (
 
 	"metaguard.dev/metaguard/identity"
 	"metaguard.dev/metaguard/proxy"
+	auditlog "metaguard.dev/metaguard/proxy/audit"
 	"metaguard.dev/metaguard/proxy/policy"
 )
 
@@ -75,11 +76,15 @@ func TestAuditSuggestEnforceThroughTheProxy(t *testing.T) {
 	var current atomic.Pointer[policy.Policy]
 	current.Store(mustParse(t, config))
 	audit := &lockedBuffer{}
+	aw, err := auditlog.NewWriter(audit, auditlog.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv, err := proxy.New(proxy.Config{
 		Policy:      current.Load,
 		Identities:  resolver,
 		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return upAddr, nil },
-		Audit:       audit,
+		Audit:       aw,
 	})
 	if err != nil {
 		t.Fatal(err)
