@@ -180,6 +180,32 @@ func testKernelUpstreamDialer(t *testing.T, b backend) {
 			t.Errorf("refusals = %v", n)
 		}
 	})
+	t.Run("an IPv6 connection, looked up in the IPv6 conntrack table, reaches the IPv6 endpoint", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		c, err := nodeDialer(t, topo, testMark).DialContext(ctx, "tcp", "[fd00:ec2::254]:80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := exchange(t, c); got != "imds" {
+			t.Errorf("reached %q", got)
+		}
+	})
+	t.Run("an IPv6 connection DNATed by a rule above metaguard's is refused", func(t *testing.T) {
+		ip6t := binaryName(ipv6, b)
+		topo.inNode(t, ip6t, "-t", "nat", "-I", "OUTPUT", "1", "-d", "fd00:ec2::254/128", "-p", "tcp", "-m", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "["+podIP6+"]:80")
+		defer topo.inNode(t, ip6t, "-t", "nat", "-D", "OUTPUT", "-d", "fd00:ec2::254/128", "-p", "tcp", "-m", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "["+podIP6+"]:80")
+		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		c, err := nodeDialer(t, topo, testMark).DialContext(ctx, "tcp", "[fd00:ec2::254]:80")
+		if !errors.Is(err, ErrUpstreamNAT) {
+			if c != nil {
+				t.Errorf("reached %q", exchange(t, c))
+			}
+			t.Fatalf("got %v, want ErrUpstreamNAT", err)
+		}
+		noImpostorBytes(t)
+	})
 	t.Run("without metaguard's jump, the marked connection is DNATed, then closed before any byte is sent and counted", func(t *testing.T) {
 		h := hookOf(OutputChain)
 		topo.inNode(t, ipt, append([]string{"-t", "nat", "-D", "OUTPUT"}, jumpRule(h)...)...)

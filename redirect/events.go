@@ -75,10 +75,16 @@ func subscribe(ctx context.Context, proto int, groups []uint32, netns int, relev
 		return fmt.Errorf("opening a netlink socket: %w", err)
 	}
 	defer c.Close()
+	// A group of a family the kernel lacks (IPv6 disabled at boot) may
+	// refuse the join; the others still tell.
+	var joinErrs []error
 	for _, g := range groups {
 		if err := c.JoinGroup(g); err != nil {
-			return fmt.Errorf("joining netlink group %d: %w", g, err)
+			joinErrs = append(joinErrs, fmt.Errorf("joining netlink group %d: %w", g, err))
 		}
+	}
+	if len(joinErrs) == len(groups) {
+		return errors.Join(joinErrs...)
 	}
 	// Best effort: the default buffer works, it only overflows sooner.
 	_ = c.SetReadBuffer(notificationBuffer)
