@@ -64,11 +64,6 @@ func (w ruleWatcher) watch(ctx context.Context, changed func()) error {
 	return subscribe(ctx, unix.NETLINK_ROUTE, []uint32{unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE}, w.netns, ruleChangeConcernsUs, changed)
 }
 
-// notificationBuffer is the receive buffer of a subscription: an
-// iptables-restore of a large ruleset notifies every rule at once, and an
-// overflow costs a sync, not a missed repair.
-const notificationBuffer = 1 << 20
-
 func subscribe(ctx context.Context, proto int, groups []uint32, netns int, relevant func(netlink.Message) bool, changed func()) error {
 	c, err := netlink.Dial(proto, &netlink.Config{NetNS: netns})
 	if err != nil {
@@ -86,8 +81,10 @@ func subscribe(ctx context.Context, proto int, groups []uint32, netns int, relev
 	if len(joinErrs) == len(groups) {
 		return errors.Join(joinErrs...)
 	}
-	// Best effort: the default buffer works, it only overflows sooner.
-	_ = c.SetReadBuffer(notificationBuffer)
+	// The default receive buffer is kept: an iptables-restore of a large
+	// ruleset (kube-proxy's) notifies every rule at once and may overflow
+	// it, which costs one sync (ENOBUFS below), not a missed repair, and
+	// a larger buffer would be kernel memory charged to the container.
 	// Close unblocks the Receive below.
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
