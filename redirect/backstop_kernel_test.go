@@ -3,6 +3,7 @@ package redirect
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -233,6 +234,31 @@ func testKernelRepairsOnNotification(t *testing.T, b backend) {
 		}
 		waitFor(t, "the chains back", func() bool { return topo.save(t, ipv4, b) == installed[ipv4] })
 		t.Logf("iptables-restore repaired after %v", time.Since(begin).Round(time.Millisecond))
+	})
+	t.Run("a restore that adds 5,000 foreign rules and leaves metaguard's out is repaired at once", func(t *testing.T) {
+		var kept []string
+		for _, l := range strings.Split(installed[ipv4], "\n") {
+			if strings.Contains(l, "METAGUARD") {
+				continue
+			}
+			if l == "COMMIT" && len(kept) > 0 && strings.HasPrefix(strings.Join(kept, "\n"), "*filter") && !slices.Contains(kept, "*nat") {
+				kept = append(kept, ":KUBE-BULK - [0:0]")
+				for i := range 5000 {
+					kept = append(kept, fmt.Sprintf("-A KUBE-BULK -d 10.96.%d.%d/32 -p tcp -m tcp --dport 443 -j ACCEPT", i/250, i%250))
+				}
+			}
+			kept = append(kept, l)
+		}
+		begin := time.Now()
+		cmd := "iptables-" + string(b) + "-restore"
+		if out, err := runWithInput(strings.Join(kept, "\n"), "ip", "netns", "exec", topo.node, cmd); err != nil {
+			t.Fatalf("%s: %v: %s", cmd, err, out)
+		}
+		waitFor(t, "the chains back", func() bool {
+			got := topo.save(t, ipv4, b)
+			return strings.Contains(got, "-A FORWARD -m comment --comment \"metaguard") && strings.Count(got, "-A METAGUARD-") == strings.Count(installed[ipv4], "-A METAGUARD-")
+		})
+		t.Logf("a restore of 5,000 rules repaired after %v", time.Since(begin).Round(time.Millisecond))
 	})
 }
 
