@@ -233,3 +233,32 @@ func eventually(t *testing.T, timeout time.Duration, cond func() bool) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// budget is the request path budget metaguard derived from its Go memory
+// limit and logged at start-up: the caps the flood tests are bounded by.
+type budget struct {
+	Conns             int `json:"connections"`
+	ConnsPerSource    int `json:"connections_per_source"`
+	InFlight          int `json:"in_flight"`
+	InFlightPerSource int `json:"in_flight_per_source"`
+	LongPolls         int `json:"long_polls"`
+}
+
+func (n *node) budget() budget {
+	n.t.Helper()
+	logs, err := n.mg.Stderr()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	for _, line := range bytes.Split(logs, []byte("\n")) {
+		var b struct {
+			Msg string `json:"msg"`
+			budget
+		}
+		if json.Unmarshal(line, &b) == nil && b.Msg == "request path budget" {
+			return b.budget
+		}
+	}
+	n.t.Fatal("metaguard logged no request path budget")
+	return budget{}
+}

@@ -64,7 +64,7 @@ func TestAPIServerOutage(t *testing.T) {
 		if r := n.get(batch, instanceID, nil); r.status != 403 || !contains(r.body, "shop/batch") {
 			bad = append(bad, phase+": batch got "+r.body)
 		}
-		if r := n.get(newcomer, instanceID, nil); r.status != 403 || !contains(r.body, "unknown-pod") {
+		if r := n.get(newcomer, instanceID, nil); r.status != 503 || !contains(r.body, "unknown-pod") {
 			bad = append(bad, phase+": newcomer got "+r.body)
 		}
 		return bad

@@ -40,7 +40,7 @@ func badRequest(reason string) *RequestError {
 // maxPathBytes bounds the request path; metadata paths are short.
 const maxPathBytes = 2048
 
-// Canonicalize checks r against everything DESIGN.md's request path
+// Canonicalize checks r against everything docs/design.md's request path
 // refuses and returns the canonical request, or the error to answer.
 //
 // It works on the raw request-target (r.RequestURI), never on r.URL.Path:

@@ -147,7 +147,7 @@ func TestAuditLogHasEveryFieldAndNoSecret(t *testing.T) {
 		}
 	}
 	if len(l) != 17 {
-		t.Errorf("audit line has %d fields, want exactly the 17 of the design: %v", len(l), l)
+		t.Errorf("audit line has %d fields, want exactly the 17 of docs/design.md: %v", len(l), l)
 	}
 	want := map[string]any{"src_ip": "127.0.0.11", "pod": "agent", "namespace": "ops", "pod_uid": "uid-2", "service_account": "agent",
 		"endpoint": "ep", "method": "GET", "path": "/metadata/identity/oauth2/token", "decision": "allow", "rule": "accessors", "status": float64(200)}

@@ -126,7 +126,7 @@ func (r *report) targets() []targetLine {
 }
 
 func (r *report) writeTargets(p printer) {
-	p("## Targets\n\nFrom GitHub issue 8, judged on this run's numbers.\n\n| target | measured | |\n| --- | --- | --- |\n")
+	p("## Targets\n\nThe performance targets (docs/development.md, Benchmarks), judged on this run's numbers.\n\n| target | measured | |\n| --- | --- | --- |\n")
 	for _, t := range r.targets() {
 		p("| %s | %s | %s |\n", t.what, t.measured, t.met)
 	}

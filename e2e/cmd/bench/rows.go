@@ -39,7 +39,7 @@ var (
 	targetMock = target{key: "mock", title: "amazon-ec2-metadata-mock", addr: mockAddr, nginxListen: netip.AddrPortFrom(sandbox.HostIP, 8283)}
 )
 
-// rowKind is one configuration of the list, numbered as there.
+// rowKind is one configuration the benchmark compares, numbered in report order.
 type rowKind int
 
 const (
