@@ -14,21 +14,12 @@ import (
 	"metaguard.dev/metaguard/redirect"
 )
 
-// TestMain lets the test binary stand in for the metaguard binary: the
-// image's iptables wrapper, under test below, runs it as `metaguard
-// iptables-backend`, so the wrapper is checked against the very code the
-// daemon runs.
-func TestMain(m *testing.M) {
-	if os.Getenv("METAGUARD_TEST_AS_MAIN") == "1" {
-		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
-	}
-	os.Exit(m.Run())
-}
-
 const wrapper = "../../deploy/image/iptables-wrapper"
 
 // wrapperEnv is the environment of a wrapper run: the test binary as
-// metaguard, and a run directory of the test's own.
+// metaguard (asBinaryEnv, see TestMain), so that the image's iptables
+// wrapper is checked against the very code the daemon runs, and a run
+// directory of the test's own.
 type wrapperEnv struct {
 	bin, runDir string
 	metaguard   string // METAGUARD_BIN; "" leaves it unset and metaguard out of PATH
@@ -42,7 +33,7 @@ func (e wrapperEnv) inNetns(t *testing.T, script string) (string, error) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "unshare", "--net", "sh", "-eu", "-c", script)
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "METAGUARD_RUN_DIR=" + e.runDir, "METAGUARD_TEST_AS_MAIN=1"}
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "METAGUARD_RUN_DIR=" + e.runDir, asBinaryEnv + "=1"}
 	if e.metaguard != "" {
 		cmd.Env = append(cmd.Env, "METAGUARD_BIN="+e.metaguard)
 	}
