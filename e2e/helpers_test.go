@@ -40,9 +40,16 @@ type node struct {
 // the policy. Pods should be added before the requests that need them.
 func startNode(t *testing.T, policy string, args ...string) *node {
 	t.Helper()
+	return startNodeWith(t, sandbox.Options{}, policy, args...)
+}
+
+// startNodeWith is startNode on a sandbox started with opts (for instance
+// a GCP or Azure metadata service on 169.254.169.254).
+func startNodeWith(t *testing.T, opts sandbox.Options, policy string, args ...string) *node {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
-	s := sandbox.StartT(t, sandbox.Options{})
+	s := sandbox.StartT(t, opts)
 	if err := s.ApplyManifests(ctx, "../deploy/base"); err != nil {
 		t.Fatalf("applying deploy/base: %v", err)
 	}

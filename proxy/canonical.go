@@ -156,6 +156,9 @@ var strictValues = map[string]map[string]bool{
 	"recursive":       {"true": true, "false": true},
 	"alt":             {"json": true, "text": true},
 	"wait_for_change": {"true": true, "false": true},
+	// GCP token binding: which transport the token is bound to.
+	"transport":           {"mtls": true, "alts": true},
+	"binding-enforcement": {"on": true},
 }
 
 // headerHasToken reports whether a comma-separated header has token,

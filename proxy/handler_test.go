@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -337,5 +338,25 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 5s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestNoValidPolicyRefusesEverythingAndSaysWhy: while no valid policy was
+// ever loaded, the fail-closed placeholder intercepts and every request
+// gets 503 naming the policy's error, reason policy-invalid, never a
+// forward.
+func TestNoValidPolicyRefusesEverythingAndSaysWhy(t *testing.T) {
+	h := newHarness(t, "aws", ok("x"))
+	fc := policy.FailClosed(errors.New("policy.yaml:3: defaultAction: must be deny or allow"), []byte("endpoints: [{name: aws, address: \""+h.up.addr()+"\", flavor: aws}]"))
+	h.pol.Store(fc)
+	resp, body := h.do(accessorPod, "GET", "/latest/meta-data/instance-id", nil)
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !strings.Contains(body, "defaultAction") {
+		t.Fatalf("status %d body %q, want 503 naming the policy error", resp.StatusCode, body)
+	}
+	if n := len(h.up.received()); n != 0 {
+		t.Fatalf("%d requests reached the upstream", n)
+	}
+	if l := h.waitAudit(1)[0]; l["reason"] != "policy-invalid" || l["decision"] != "deny" {
+		t.Errorf("audit %v, want deny policy-invalid", l)
 	}
 }

@@ -40,6 +40,11 @@ var (
 	// GCPMetadata and AzureMetadata are the project's fakecloud.
 	GCPMetadata   = netip.MustParseAddrPort("169.254.169.252:80")
 	AzureMetadata = netip.MustParseAddrPort("169.254.169.251:80")
+	// GCPMetadataV6 is GCE's IPv6 metadata address, served by the GCP fake.
+	GCPMetadataV6 = netip.MustParseAddrPort("[fd20:ce::254]:80")
+	// MetadataIP is the address client libraries hard-code; which cloud
+	// answers there is Options.MetadataCloud (AWS: AWSIMDS).
+	MetadataIP = netip.MustParseAddrPort("169.254.169.254:80")
 )
 
 // Names of the nodes, of the bridge and of the interfaces inside the
@@ -56,7 +61,7 @@ const (
 func cloudAddrs() []netip.Addr {
 	return []netip.Addr{
 		AWSIMDS.Addr(), AWSIMDSv6.Addr(), AWSIMDSv2Only.Addr(), LiteralService.Addr(),
-		GCPMetadata.Addr(), AzureMetadata.Addr(),
+		GCPMetadata.Addr(), AzureMetadata.Addr(), GCPMetadataV6.Addr(),
 	}
 }
 
