@@ -116,8 +116,10 @@ func (r *Reconciler) Sync(ctx context.Context) error {
 	}
 	if err := r.sync(ctx); err != nil {
 		r.metrics.syncs.WithLabelValues("error").Inc()
+		// applied stays: it names the rule set the kernel last held in
+		// full, so the sync that completes an interrupted repair (another
+		// agent rewriting the tables while ours ran) still counts as one.
 		r.ready.Store(false)
-		r.applied = ""
 		return err
 	}
 	r.metrics.syncs.WithLabelValues("ok").Inc()
