@@ -76,7 +76,11 @@ fuzz:
 	$(FUZZ) -fuzz '^FuzzStripNeverLeaksAHiddenEntry$$' -fuzztime $(FUZZTIME) ./proxy
 	$(FUZZ) -fuzz '^FuzzStripTextNeverLeaksAHiddenEntry$$' -fuzztime $(FUZZTIME) ./proxy
 	$(FUZZ) -fuzz '^FuzzStripJSONIsValidAndIdempotent$$' -fuzztime $(FUZZTIME) ./proxy
+	$(FUZZ) -fuzz '^FuzzStripAnswerDependsOnlyOnVisibleEntries$$' -fuzztime $(FUZZTIME) ./proxy
 	$(FUZZ) -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./proxy/policy
+	$(FUZZ) -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./proxy/audit
+	# Each input runs two whole suggestions (about 10 ms): 400 of them.
+	$(FUZZ) -fuzz '^FuzzOnePodCannotWidenWhatItsGroupIsGranted$$' -fuzztime 400x ./proxy/policy/suggest
 	$(FUZZ) -fuzz '^FuzzCanonicalPath$$' -fuzztime $(FUZZTIME) ./proxy/policy
 
 ENGINE ?= $(shell command -v docker || command -v podman)

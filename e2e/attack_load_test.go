@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"metaguard.dev/metaguard/e2e/sandbox"
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // victimLoad sends GETs from a pod the policy allows until stop closes,
@@ -243,7 +244,7 @@ func TestFloodHitsTheRateLimit(t *testing.T) {
 	for {
 		written = 0
 		for _, l := range n.audit() {
-			if (l.Reason == "rate-limited" || l.Reason == "overloaded") && l.Pod == "flooder" {
+			if (l.Reason == audit.ReasonRateLimited || l.Reason == audit.ReasonOverloaded) && l.Pod == "flooder" {
 				written++
 			}
 		}

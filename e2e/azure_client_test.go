@@ -9,6 +9,7 @@ import (
 
 	"metaguard.dev/metaguard/e2e/fakecloud"
 	"metaguard.dev/metaguard/e2e/sandbox"
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 const azureClientPolicy = `apiVersion: metaguard.dev/v1alpha1
@@ -111,7 +112,7 @@ func TestAzureManagedIdentityLibrary(t *testing.T) {
 		// The probe is a GET of the token endpoint without query or
 		// Metadata header: the pin refuses it, which tells azidentity that
 		// something answers; then the real request is allowed.
-		if len(lines) != 2 || lines[0].Decision != "deny" || len(lines[0].QueryKeys) != 0 || lines[1].Decision != "allow" || lines[1].Status != 200 {
+		if len(lines) != 2 || lines[0].Decision != audit.DecisionDeny || len(lines[0].QueryKeys) != 0 || lines[1].Decision != audit.DecisionAllow || lines[1].Status != 200 {
 			t.Errorf("audit trail of the probe and the token request:\n%s", summary(lines))
 		}
 	})

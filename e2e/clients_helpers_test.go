@@ -3,9 +3,6 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +10,7 @@ import (
 
 	"metaguard.dev/metaguard/e2e/fakecloud"
 	"metaguard.dev/metaguard/e2e/sandbox"
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // Helpers for the tests that run the clouds' own client libraries in pods.
@@ -61,33 +59,21 @@ func (n *node) jsClient(pod *sandbox.Pod, opts sandbox.ExecOptions, args ...stri
 // auditOf returns the pod's audit lines written since t0. Lines are
 // written in batches, so counting lines before a call would miss those
 // still buffered; their time says when the request was answered.
-func (n *node) auditOf(pod *sandbox.Pod, t0 time.Time) []auditLine {
+func (n *node) auditOf(pod *sandbox.Pod, t0 time.Time) []audit.Record {
 	n.t.Helper()
-	out, err := n.mg.Stdout()
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	var lines []auditLine
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		var l struct {
-			auditLine
-			Time time.Time `json:"time"`
-		}
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			n.t.Fatalf("audit line is not JSON: %q", sc.Text())
-		}
+	var lines []audit.Record
+	for _, l := range n.audit() {
 		if l.Pod == pod.Name && l.Namespace == pod.Namespace && !l.Time.Before(t0) {
-			lines = append(lines, l.auditLine)
+			lines = append(lines, l)
 		}
 	}
 	return lines
 }
 
 // waitAuditOf waits until the pod has at least want audit lines since t0.
-func (n *node) waitAuditOf(pod *sandbox.Pod, t0 time.Time, want int) []auditLine {
+func (n *node) waitAuditOf(pod *sandbox.Pod, t0 time.Time, want int) []audit.Record {
 	n.t.Helper()
-	var lines []auditLine
+	var lines []audit.Record
 	eventually(n.t, 5*time.Second, func() bool {
 		lines = n.auditOf(pod, t0)
 		return len(lines) >= want
@@ -97,10 +83,10 @@ func (n *node) waitAuditOf(pod *sandbox.Pod, t0 time.Time, want int) []auditLine
 
 // summary is an audit trail as "METHOD path decision status" lines, for
 // comparing and for failure messages.
-func summary(lines []auditLine) string {
+func summary(lines []audit.Record) string {
 	var b strings.Builder
 	for _, l := range lines {
-		b.WriteString(l.Method + " " + l.Path + " " + l.Decision + " " + strconv.Itoa(l.Status) + "\n")
+		b.WriteString(l.Method + " " + l.Path + " " + l.Decision.String() + " " + strconv.Itoa(l.Status) + "\n")
 	}
 	return b.String()
 }

@@ -7,7 +7,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -24,6 +23,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"metaguard.dev/metaguard/e2e/sandbox"
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // node is a sandbox with metaguard running on it under a policy.
@@ -128,49 +128,26 @@ func (n *node) podClient(pod *sandbox.Pod, args ...string) sandbox.PodClientResu
 	return res
 }
 
-// auditLine is one line of metaguard's audit log.
-type auditLine struct {
-	SrcIP          string            `json:"src_ip"`
-	Pod            string            `json:"pod"`
-	Namespace      string            `json:"namespace"`
-	PodUID         string            `json:"pod_uid"`
-	ServiceAccount string            `json:"service_account"`
-	Labels         map[string]string `json:"labels"`
-	Endpoint       string            `json:"endpoint"`
-	Method         string            `json:"method"`
-	Path           string            `json:"path"`
-	QueryKeys      []string          `json:"query_keys"`
-	Decision       string            `json:"decision"`
-	Rule           string            `json:"rule"`
-	Reason         string            `json:"reason"`
-	Status         int               `json:"status"`
-	Bytes          int64             `json:"bytes"`
-}
-
-// audit returns the audit lines metaguard has written so far (stdout).
-func (n *node) audit() []auditLine {
+// audit returns the audit records metaguard has written so far (stdout),
+// read by the package that owns the record.
+func (n *node) audit() []audit.Record {
 	n.t.Helper()
 	out, err := n.mg.Stdout()
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	var lines []auditLine
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		var l auditLine
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			n.t.Fatalf("audit line is not JSON: %q", sc.Text())
-		}
-		lines = append(lines, l)
+	recs, err := audit.ReadAll(bytes.NewReader(out))
+	if err != nil {
+		n.t.Fatalf("reading the audit log: %v", err)
 	}
-	return lines
+	return recs
 }
 
 // waitAudit polls until at least want audit lines exist: a line is
 // written after its response.
-func (n *node) waitAudit(want int) []auditLine {
+func (n *node) waitAudit(want int) []audit.Record {
 	n.t.Helper()
-	var lines []auditLine
+	var lines []audit.Record
 	eventually(n.t, 5*time.Second, func() bool {
 		lines = n.audit()
 		return len(lines) >= want

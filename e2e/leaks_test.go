@@ -12,12 +12,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"metaguard.dev/metaguard/e2e/fakecloud"
 	"metaguard.dev/metaguard/e2e/sandbox"
 )
 
@@ -200,8 +200,9 @@ func TestARequestHiddenInABodyNeverAnswersAnotherPod(t *testing.T) {
 }
 
 // TestTheGCPIPv6MetadataAddressIsIntercepted: GCE also serves metadata at
-// [fd20:ce::254]:80; the shipped GCP policy intercepts it, so on a
-// dual-stack node a pod's request there is judged like any other.
+// [fd20:ce::254]:80 (the GCP fake does too); the shipped GCP policy
+// intercepts it, so on a dual-stack node a pod's request there is judged
+// like any other and a denied one never reaches the metadata server.
 func TestTheGCPIPv6MetadataAddressIsIntercepted(t *testing.T) {
 	policy := `apiVersion: metaguard.dev/v1alpha1
 kind: Policy
@@ -211,34 +212,15 @@ endpoints:
 defaultAction: deny
 `
 	n := startNode(t, policy)
-	v6 := netip.MustParseAddr("fd20:ce::254")
-	if err := n.s.AddCloudAddress(n.ctx, v6); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := sandbox.NetnsListen(n.s.CloudNetns(), "tcp", "[fd20:ce::254]:80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	reached := 0
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		reached++
-		mu.Unlock()
-		io.WriteString(w, `{"access_token":"ya29.node"}`)
-	}), ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
 	web := n.addPod(sandbox.PodSpec{Namespace: "shop", Name: "web"})
+	n.resetCloud(fakecloud.GCP)
 	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
 	defer cancel()
 	r, _, err := podGet(ctx, n.s, web, "http://[fd20:ce::254]/computeMetadata/v1/instance/service-accounts/default/token", map[string]string{"Metadata-Flavor": "Google"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if r.status != 403 || reached != 0 {
-		t.Fatalf("%d %q with %d requests at the upstream, want 403 from metaguard", r.status, r.body, reached)
+	if recs := n.cloudRecords(fakecloud.GCP); r.status != 403 || len(recs) != 0 {
+		t.Fatalf("%d %q with %d requests at the metadata server, want 403 from metaguard and none", r.status, r.body, len(recs))
 	}
 }

@@ -29,7 +29,7 @@
 // (Close, AdminClient, AdminConfig, AdminKubeconfig, Apply, ApplyManifests,
 // ServiceAccountKubeconfig, EnsureNamespace, AddPod, DeletePod,
 // SetPodLabels, SetPodPhase, ExecInPod, ExecInPodWith, ExecInNode, PodClient,
-// PodClientWith, PodJSClient, StartProcess, StartMetaguard, WaitReady,
+// PodClientWith, PodJSClient, StartProcess, StartMetaguard, StartMetaguardUnready, WaitReady,
 // NodeHTTPClient, PodHTTPClient, CloudRecords, ResetCloudRecords, SetGCPValue,
 // SetCloudQuirks, AddCloudFault, ClearCloudFaults, AddCloudAddress, Healthy,
 // NodeNetns, CloudNetns,

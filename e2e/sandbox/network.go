@@ -144,7 +144,7 @@ func (s *Sandbox) setupNetwork(ctx context.Context) error {
 		fmt.Sprintf("route add fd00:10:244::/48 via %s", HostIPv6),
 	}
 	for _, a := range cloudAddrs() {
-		cloudCmds = append(cloudCmds, fmt.Sprintf("addr add %s/%d dev lo", a, prefixLen(a)))
+		cloudCmds = append(cloudCmds, loAddr(a))
 	}
 	return ipBatch(ctx, cloud, cloudCmds...)
 }
@@ -194,11 +194,21 @@ func (s *Sandbox) AddCloudAddress(ctx context.Context, addr netip.Addr) error {
 	if addr.Is6() {
 		via = CloudIPv6
 	}
-	if err := ipBatch(ctx, s.cloudNetns(), fmt.Sprintf("addr add %s/%d dev lo", addr, prefixLen(addr))); err != nil {
+	if err := ipBatch(ctx, s.cloudNetns(), loAddr(addr)); err != nil {
 		return fmt.Errorf("adding %s to the cloud namespace: %w", addr, err)
 	}
 	if err := ipBatch(ctx, s.nodeNetns(), fmt.Sprintf("route add %s/%d via %s", addr, prefixLen(addr), via)); err != nil {
 		return fmt.Errorf("routing %s from the node: %w", addr, err)
 	}
 	return nil
+}
+
+// loAddr is the ip command that puts a on the loopback device. IPv6 ones
+// skip duplicate address detection, so a service started right after can
+// bind them (a tentative address refuses bind with "cannot assign").
+func loAddr(a netip.Addr) string {
+	if a.Is6() {
+		return fmt.Sprintf("addr add %s/%d dev lo nodad", a, prefixLen(a))
+	}
+	return fmt.Sprintf("addr add %s/%d dev lo", a, prefixLen(a))
 }
