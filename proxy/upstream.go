@@ -32,6 +32,8 @@ type upstreamTransport struct {
 	dialer      net.Dialer
 	maxIdle     int           // per address
 	idleTimeout time.Duration // an idle connection older than this is closed, not reused
+	// dial replaces dialer when set (Config.DialContext).
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	mu   sync.Mutex
 	idle map[string][]*upConn // LIFO: the most recently used is the likeliest alive
@@ -150,7 +152,11 @@ func (t *upstreamTransport) conn(ctx context.Context, addr string) (*upConn, boo
 		c.Close()
 	}
 	t.mu.Unlock()
-	nc, err := t.dialer.DialContext(ctx, "tcp", addr)
+	dial := t.dialer.DialContext
+	if t.dial != nil {
+		dial = t.dial
+	}
+	nc, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, false, fmt.Errorf("dialing upstream %s: %w", addr, err)
 	}
