@@ -3,6 +3,8 @@ package podindex
 import (
 	"context"
 	"errors"
+	"k8s.io/apimachinery/pkg/watch"
+	k8stesting "k8s.io/client-go/testing"
 	"net/netip"
 	"testing"
 	"time"
@@ -34,6 +36,8 @@ type harness struct {
 	client *fake.Clientset
 	index  *Index
 	reg    *prometheus.Registry
+	// watched receives the resource of every watch the fake has registered.
+	watched chan string
 }
 
 // newHarness builds an Index on a fake clientset holding objs, without
@@ -43,7 +47,25 @@ func newHarness(t *testing.T, opts Options, objs ...runtime.Object) *harness {
 	if opts.NodeName == "" {
 		opts.NodeName = testNode
 	}
-	h := &harness{t: t, client: fake.NewClientset(objs...), reg: prometheus.NewRegistry()}
+	h := &harness{t: t, client: fake.NewClientset(objs...), reg: prometheus.NewRegistry(), watched: make(chan string, 64)}
+	// The fake delivers an event only to watches registered when it
+	// happens, and an informer syncs on its list, before its watch: report
+	// each watch once the tracker has it, so start can wait for both.
+	h.client.PrependWatchReactor("*", func(a k8stesting.Action) (bool, watch.Interface, error) {
+		var lo metav1.ListOptions
+		if wa, ok := a.(k8stesting.WatchActionImpl); ok {
+			lo = wa.ListOptions
+		}
+		w, err := h.client.Tracker().Watch(a.GetResource(), a.GetNamespace(), lo)
+		if err != nil {
+			return true, nil, err
+		}
+		select {
+		case h.watched <- a.GetResource().Resource:
+		default:
+		}
+		return true, w, nil
+	})
 	x, err := New(h.client, opts, h.reg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -78,7 +100,24 @@ func start(t *testing.T, opts Options, objs ...runtime.Object) *harness {
 	h := newHarness(t, opts, append(testNamespaces(), objs...)...)
 	h.run()
 	h.waitForSync()
+	h.waitForWatches()
 	return h
+}
+
+// waitForWatches waits until the pods and the namespaces informers both
+// watch, so that no event a test makes is lost to the fake.
+func (h *harness) waitForWatches() {
+	h.t.Helper()
+	seen := map[string]bool{}
+	timeout := time.After(10 * time.Second)
+	for !seen["pods"] || !seen["namespaces"] {
+		select {
+		case r := <-h.watched:
+			seen[r] = true
+		case <-timeout:
+			h.t.Fatalf("the informers did not watch within 10s (watching: %v)", seen)
+		}
+	}
 }
 
 func (h *harness) waitForSync() {
