@@ -188,7 +188,8 @@ func TestBrokenPolicyKeepsTheOldOne(t *testing.T) {
 		t.Run("a policy with "+b.name+" is refused and the old one stays", func(t *testing.T) {
 			before := errs()
 			n.writePolicy(b.doc)
-			eventually(t, 5*time.Second, func() bool { return errs() == before+1 })
+			// Seen once at 5.3 s on a machine under a load average of 14.
+			eventually(t, 15*time.Second, func() bool { return errs() == before+1 })
 			if r := n.get(web, instanceID, nil); r.status != 200 {
 				t.Errorf("web: %d, want 200 from the old policy", r.status)
 			}
