@@ -16,7 +16,7 @@ import (
 
 // notReadyTaint is the taint deploy/components/node-taint has metaguard
 // remove.
-const notReadyTaint = "metaguard.dev/not-ready"
+const notReadyTaint = "startup-taint.cluster-autoscaler.kubernetes.io/metaguard-not-ready"
 
 // installWithNodeTaint installs the guide's kustomization with the
 // node-taint component and applies it (without waiting for the rollout:
@@ -27,7 +27,7 @@ const notReadyTaint = "metaguard.dev/not-ready"
 func (n *realNode) installWithNodeTaint(components ...string) {
 	n.t.Helper()
 	const taintComponent = "  - " + guideCheckout + "deploy/components/node-taint\n"
-	n.writeGuideFile("Install", "install/kustomization.yaml, with the node-taint component", n.image, func(s string) string {
+	n.writeGuideFile("Fresh nodes: the node taint", "install/kustomization.yaml, with the node-taint component", n.image, func(s string) string {
 		if !strings.Contains(s, taintComponent) {
 			n.t.Fatalf("the guide's node-taint kustomization no longer lists %q", taintComponent)
 		}
