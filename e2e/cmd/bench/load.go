@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -68,7 +69,13 @@ func runLoad(ctx context.Context, s *sandbox.Sandbox, opts loadOptions, logf fun
 	}
 	begin := time.Now()
 	for round := 1; round <= opts.rounds; round++ {
-		for _, sess := range sessions {
+		// Every other round runs the sessions in reverse, so that no
+		// configuration always follows the same one.
+		order := slices.Clone(sessions)
+		if round%2 == 0 {
+			slices.Reverse(order)
+		}
+		for _, sess := range order {
 			if err := b.runSession(ctx, res, round, sess); err != nil {
 				return nil, err
 			}
@@ -192,12 +199,16 @@ func (b *bench) runSession(ctx context.Context, res *loadResult, round int, sess
 			}
 			return errors.Join(errs...)
 		}
-	case sessMetaguard, sessMetaguardAudit:
+	case sessMetaguard, sessMetaguardAudit, sessMetaguardPool:
 		audit := "/dev/null"
 		if sess == sessMetaguardAudit {
 			audit = filepath.Join(b.dir, fmt.Sprintf("audit-round%d.jsonl", round))
 		}
-		mg, err := b.startMetaguard(ctx, audit)
+		var extra []string
+		if sess == sessMetaguardPool {
+			extra = append(extra, "--upstream-transport=pool")
+		}
+		mg, err := b.startMetaguard(ctx, audit, extra...)
 		if err != nil {
 			return err
 		}

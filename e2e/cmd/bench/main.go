@@ -29,7 +29,7 @@ func run() int {
 	fs.DurationVar(&lo.duration, "duration", 6*time.Second, "length of one measured wrk run")
 	fs.DurationVar(&lo.warmup, "warmup", time.Second, "wrk warm-up before each measured run")
 	fs.IntVar(&lo.rounds, "rounds", 3, "rounds of every row; tables show medians")
-	fs.IntVar(&lo.threads, "threads", 2, "wrk threads")
+	fs.IntVar(&lo.threads, "threads", 1, "wrk threads")
 	fs.IntVar(&lo.conns, "connections", 16, "wrk connections")
 	fs.BoolVar(&lo.profile, "profile", true, "profile metaguard with perf during one extra row-3 run")
 	var so scaleOptions

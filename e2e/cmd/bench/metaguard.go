@@ -15,8 +15,8 @@ const metricsAddr = "127.0.0.1:9181"
 
 // startMetaguard runs metaguard on the node with the load policy. Rules
 // go on exit, so that rows 1 and 2 of the next round see none.
-func (b *bench) startMetaguard(ctx context.Context, audit string) (*sandbox.Process, error) {
-	args := []string{"--config=" + b.policy, "--audit-log=" + audit, "--cleanup-on-exit=true", "--log-level=warn"}
+func (b *bench) startMetaguard(ctx context.Context, audit string, extra ...string) (*sandbox.Process, error) {
+	args := append([]string{"--config=" + b.policy, "--audit-log=" + audit, "--cleanup-on-exit=true", "--log-level=warn"}, extra...)
 	if b.iptable == "iptables-nft" {
 		args = append(args, "--iptables-mode=nft")
 	}

@@ -19,14 +19,14 @@ import (
 const (
 	instanceID   = "i-0b22a22eec53b9321"
 	metaListing  = "ami-id\nami-launch-index\nami-manifest-path\nblock-device-mapping/\nevents/\nhostname\niam/\nidentity-credentials/\ninstance-action\ninstance-id\ninstance-life-cycle\ninstance-type\nlocal-hostname\nlocal-ipv4\nmac\nmetrics/\nnetwork/\nplacement/\nprofile\nreservation-id\nsecurity-groups\nservices/"
-	nginxCommon  = "daemon off;\nmaster_process on;\nworker_processes auto;\n# Workers must read files in the sandbox's private directory.\nuser root;\npid %[1]s/nginx.pid;\nerror_log %[1]s/error.log warn;\nevents { worker_connections 4096; }\n"
+	nginxCommon  = "daemon off;\nmaster_process on;\nworker_processes %[2]s;\n# Workers must read files in the sandbox's private directory.\nuser root;\npid %[1]s/nginx.pid;\nerror_log %[1]s/error.log warn;\nevents { worker_connections 4096; }\n"
 	nginxHTTPTop = "  access_log off;\n  client_body_temp_path %[1]s/tmp/body;\n  proxy_temp_path %[1]s/tmp/proxy;\n  fastcgi_temp_path %[1]s/tmp/fastcgi;\n  uwsgi_temp_path %[1]s/tmp/uwsgi;\n  scgi_temp_path %[1]s/tmp/scgi;\n  # One wrk connection keeps its connection for the whole run, as\n  # metaguard's Go server lets it.\n  keepalive_requests 1000000;\n  keepalive_timeout 75s;\n  tcp_nodelay on;\n"
 )
 
 // upstreamConf serves static files: instance-id, and the meta-data listing
 // as the directory's index.
 func upstreamConf(prefix string, listen netip.AddrPort) string {
-	return fmt.Sprintf(nginxCommon, prefix) + "http {\n" + fmt.Sprintf(nginxHTTPTop, prefix) + fmt.Sprintf(
+	return fmt.Sprintf(nginxCommon, prefix, "auto") + "http {\n" + fmt.Sprintf(nginxHTTPTop, prefix) + fmt.Sprintf(
 		"  default_type text/plain;\n  sendfile on;\n  open_file_cache max=64;\n  server {\n    listen %s;\n    root %s/www;\n    index index.txt;\n  }\n}\n",
 		listen, prefix)
 }
@@ -36,7 +36,9 @@ func upstreamConf(prefix string, listen netip.AddrPort) string {
 // transport keeps, the client's Host passed on.
 func proxyConf(prefix string, routes []nginxRoute) string {
 	var b strings.Builder
-	b.WriteString(fmt.Sprintf(nginxCommon, prefix) + "http {\n" + fmt.Sprintf(nginxHTTPTop, prefix))
+	// One worker: the reference is one event loop, as in the issue's
+	// measurement.
+	b.WriteString(fmt.Sprintf(nginxCommon, prefix, "1") + "http {\n" + fmt.Sprintf(nginxHTTPTop, prefix))
 	for i, r := range routes {
 		fmt.Fprintf(&b, "  upstream u%d {\n    server %s;\n    keepalive 64;\n  }\n", i, r.upstream)
 		fmt.Fprintf(&b, "  server {\n    listen %s;\n    location / {\n      proxy_pass http://u%d;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n    }\n  }\n", r.listen, i)

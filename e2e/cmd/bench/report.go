@@ -70,6 +70,12 @@ func (r *report) targets() []targetLine {
 		t = append(t, targetLine{"allowed path at least 0.9x nginx's requests/s",
 			fmt.Sprintf("%.2fx (%.0f vs %.0f req/s, fast stand-in, keep-alive); %.2fx against the mock", ratio, allow.rps, ngx.rps, mAllow.rps/mNgx.rps),
 			verdict(ratio >= 0.9)})
+		pool, lStd, lPool := statsOf(l.row("fast", rowAllowPool)), statsOf(l.row("fast-latency", rowAllow)), statsOf(l.row("fast-latency", rowAllowPool))
+		cheaper16, cheaper1 := 1-pool.cpuPer10k/allow.cpuPer10k, 1-lPool.cpuPer10k/lStd.cpuPer10k
+		t = append(t, targetLine{"keep the hand-written upstream pool only if at least 15% cheaper per request than net/http's Transport",
+			fmt.Sprintf("pool %+.0f%% CPU per request at 16 connections (%.2f vs %.2f s/10k req; %.0f vs %.0f req/s), %+.0f%% at 1 (%.2f vs %.2f; %.0f vs %.0f req/s)",
+				-100*cheaper16, pool.cpuPer10k, allow.cpuPer10k, pool.rps, allow.rps, -100*cheaper1, lPool.cpuPer10k, lStd.cpuPer10k, lPool.rps, lStd.rps),
+			verdict(cheaper16 >= 0.15 && cheaper1 >= 0.15) + " (met: keep the pool)"})
 		ld, la := statsOf(l.row("fast-latency", rowDirect)), statsOf(l.row("fast-latency", rowAllow))
 		added := la.p99 - ld.p99
 		t = append(t, targetLine{"p99 added over direct under 250 µs",

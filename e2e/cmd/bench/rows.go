@@ -49,6 +49,7 @@ const (
 	rowStrip
 	rowDeny
 	rowAudit
+	rowAllowPool
 )
 
 // session is what must be running for a row; rows of one session run
@@ -60,9 +61,10 @@ const (
 	sessNginx
 	sessMetaguard
 	sessMetaguardAudit
+	sessMetaguardPool
 )
 
-var sessions = []session{sessNone, sessNginx, sessMetaguard, sessMetaguardAudit}
+var sessions = []session{sessNone, sessNginx, sessMetaguard, sessMetaguardAudit, sessMetaguardPool}
 
 // rowInfo says what a row is, for the run and for the reader.
 type rowInfo struct {
@@ -79,6 +81,9 @@ var rowInfos = map[rowKind]rowInfo{
 	rowStrip:  {"metaguard, strip path (listing rewritten)", pathListing, sessMetaguard, 200},
 	rowDeny:   {"metaguard, denied path (403)", pathDenied, sessMetaguard, 403},
 	rowAudit:  {"metaguard, audit log to a file, /metrics scraped", pathAllowed, sessMetaguardAudit, 200},
+	// The same binary with --upstream-transport=pool: the hand-written
+	// pool against net/http's Transport (row 3), side by side.
+	rowAllowPool: {"metaguard, allowed path, hand-written upstream pool", pathAllowed, sessMetaguardPool, 200},
 }
 
 // tableSpec is one table of the report.
@@ -97,12 +102,12 @@ type tableSpec struct {
 func loadTables() []tableSpec {
 	all := []rowKind{rowDirect, rowNginx, rowAllow, rowStrip, rowDeny, rowAudit}
 	return []tableSpec{
-		{key: "fast", title: "Fast stand-in, keep-alive", target: targetFast, keepAlive: true, rows: all},
+		{key: "fast", title: "Fast stand-in, keep-alive", target: targetFast, keepAlive: true, rows: append(all, rowAllowPool)},
 		{key: "mock", title: "amazon-ec2-metadata-mock, keep-alive", target: targetMock, keepAlive: true, rows: all},
 		{key: "fast-close", title: "Fast stand-in, a new connection per request", target: targetFast, keepAlive: false,
 			rows: []rowKind{rowDirect, rowNginx, rowAllow}},
 		{key: "fast-latency", title: "Fast stand-in, one request at a time", target: targetFast, keepAlive: true, oneAtATime: true,
-			rows: []rowKind{rowDirect, rowNginx, rowAllow, rowDeny}},
+			rows: []rowKind{rowDirect, rowNginx, rowAllow, rowAllowPool, rowDeny}},
 	}
 }
 
