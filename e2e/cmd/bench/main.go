@@ -26,6 +26,7 @@ type options struct {
 	duration, warmup time.Duration
 	rounds, conns    int
 	baseline         string // a git revision to measure beside the checkout
+	tables           string // comma-separated table keys to run; empty: all
 	profile, trace   bool
 	goBench          bool
 	benchtime        string
@@ -40,6 +41,7 @@ func run() int {
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds of every row; tables show medians")
 	fs.IntVar(&o.conns, "connections", 16, "concurrent connections of the saturating tables, spread over the load pods")
 	fs.StringVar(&o.baseline, "baseline", "", "a git revision of metaguard to measure beside the checkout (rows marked baseline)")
+	fs.StringVar(&o.tables, "tables", "", "only these tables, comma-separated (fast, mock, close, one); fast is always run")
 	fs.BoolVar(&o.profile, "profile", true, "profile metaguard with perf during one extra run")
 	fs.BoolVar(&o.trace, "trace", true, "trace metaguard with runtime/trace during one extra run, for the tail")
 	fs.BoolVar(&o.goBench, "gobench", true, "run the Go benchmarks")

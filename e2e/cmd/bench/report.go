@@ -286,8 +286,16 @@ func (r *report) writeTransport(p printer) {
 		if pool.rounds == 0 {
 			continue
 		}
-		p("- %s: the pool %+.0f%% CPU per request (%.1f against %.1f µs), %.0f against %.0f req/s, p99 %.0f against %.0f µs.\n",
-			tableTitle(l, t), 100*(pool.cpu/std.cpu-1), pool.cpu, std.cpu, pool.rps, std.rps, pool.p99, std.p99)
+		// The two sessions run next to each other in every round, so the
+		// ratio of each round's pair is steadier than that of medians.
+		var paired []float64
+		for i, s := range l.samples[t+"/"+rowPool.key] {
+			if a := l.samples[t+"/"+rowAllow.key]; i < len(a) {
+				paired = append(paired, statsOf([]sample{s}).cpu/statsOf([]sample{a[i]}).cpu-1)
+			}
+		}
+		p("- %s: the pool %+.0f%% CPU per request (median of the rounds' pairs; medians %.1f against %.1f µs), %.0f against %.0f req/s, p99 %.0f against %.0f µs.\n",
+			tableTitle(l, t), 100*median(paired), pool.cpu, std.cpu, pool.rps, std.rps, pool.p99, std.p99)
 	}
 	p("\n")
 }
