@@ -31,13 +31,24 @@ bin/fakecloud:
 bin/podclient:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./e2e/cmd/podclient
 
+# The AWS SDK for JavaScript's IMDS credential provider, pinned by
+# e2e/jsclient/package-lock.json, installed with the machine's Node.js and
+# npm into bin/jsclient (git-ignored, like every build output).
+JSCLIENT_SRC := e2e/jsclient/package.json e2e/jsclient/package-lock.json e2e/jsclient/imds.js
+bin/jsclient/.installed: $(JSCLIENT_SRC)
+	rm -rf bin/jsclient && mkdir -p bin/jsclient
+	cp $(JSCLIENT_SRC) bin/jsclient/
+	cd bin/jsclient && npm ci --no-audit --no-fund --omit=dev --loglevel=error
+	touch $@
+bin/jsclient: bin/jsclient/.installed
+
 test: lint unit fuzz e2e
 
 unit:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
-e2e: e2e-tools bin/metaguard bin/fakecloud bin/podclient
+e2e: e2e-tools bin/metaguard bin/fakecloud bin/podclient bin/jsclient
 	$(GO) test -tags e2e -count=1 -timeout 30m ./e2e/...
 
 demo: e2e-tools bin/metaguard bin/fakecloud bin/podclient
@@ -65,7 +76,11 @@ fuzz:
 	$(FUZZ) -fuzz '^FuzzStripNeverLeaksAHiddenEntry$$' -fuzztime $(FUZZTIME) ./proxy
 	$(FUZZ) -fuzz '^FuzzStripTextNeverLeaksAHiddenEntry$$' -fuzztime $(FUZZTIME) ./proxy
 	$(FUZZ) -fuzz '^FuzzStripJSONIsValidAndIdempotent$$' -fuzztime $(FUZZTIME) ./proxy
+	$(FUZZ) -fuzz '^FuzzStripAnswerDependsOnlyOnVisibleEntries$$' -fuzztime $(FUZZTIME) ./proxy
 	$(FUZZ) -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./proxy/policy
+	$(FUZZ) -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./proxy/audit
+	# Each input runs two whole suggestions (about 10 ms): 400 of them.
+	$(FUZZ) -fuzz '^FuzzOnePodCannotWidenWhatItsGroupIsGranted$$' -fuzztime 400x ./proxy/policy/suggest
 	$(FUZZ) -fuzz '^FuzzCanonicalPath$$' -fuzztime $(FUZZTIME) ./proxy/policy
 
 ENGINE ?= $(shell command -v docker || command -v podman)

@@ -82,7 +82,7 @@ func TestBaseKustomization(t *testing.T) {
 		}
 	})
 
-	t.Run("the DaemonSet keeps every promise the README makes", func(t *testing.T) {
+	t.Run("the DaemonSet keeps every promise docs/operations.md makes", func(t *testing.T) {
 		checkDaemonSet(t, find[*appsv1.DaemonSet](t, objs, "DaemonSet", "metaguard"))
 	})
 }
@@ -195,7 +195,7 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet) {
 	if r := c.Resources; r.Requests.Cpu().IsZero() || r.Requests.Memory().IsZero() || r.Limits.Memory().IsZero() {
 		t.Errorf("resources %+v: want cpu and memory requests and a memory limit", r)
 	} else if _, ok := r.Limits[corev1.ResourceCPU]; ok {
-		t.Error("a CPU limit throttles the request path; the README promises none")
+		t.Error("a CPU limit throttles the request path; docs/operations.md promises none")
 	} else if r.Limits.Memory().Cmp(*r.Requests.Memory()) < 0 {
 		t.Error("memory limit below the request")
 	}

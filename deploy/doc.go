@@ -8,5 +8,5 @@
 // tests decode every manifest strictly into its Kubernetes API type and
 // check the promises an operator relies on: the capabilities, the RBAC
 // verbs, the probes, the live-reloadable policy mount, the shared xtables
-// lock. It must not grant anything the README does not explain.
+// lock. It must not grant anything docs/operations.md does not explain.
 package deploy

@@ -87,7 +87,7 @@ func checkPolicy(t *testing.T, o overlay, data []byte) {
 		t.Errorf("apiVersion %q kind %q", p.APIVersion, p.Kind)
 	}
 	if p.Mode != "audit" {
-		t.Errorf("mode = %q: a fresh install starts in audit, the README's rollout", p.Mode)
+		t.Errorf("mode = %q: a fresh install starts in audit, the rollout of docs/operations.md", p.Mode)
 	}
 	if p.DefaultAction != "deny" {
 		t.Errorf("defaultAction = %q, want deny", p.DefaultAction)
@@ -196,7 +196,7 @@ func TestRenderedOverlays(t *testing.T) {
 		})
 	}
 
-	t.Run("the node-taint component composes with a cloud overlay as the README shows", func(t *testing.T) {
+	t.Run("the node-taint component composes with a cloud overlay as docs/operations.md shows", func(t *testing.T) {
 		// An operator's own kustomization, elsewhere on disk; kustomize
 		// accepts only relative paths to other kustomizations.
 		dir := t.TempDir()

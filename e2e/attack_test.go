@@ -65,7 +65,7 @@ type hostileRequest struct {
 	forwarded []string
 }
 
-// hostileRequests are the attacks of issue 7 against the GCP endpoint,
+// hostileRequests are the attacks of RELIABILITY.md against the GCP endpoint,
 // whose upstream records every request it receives.
 var hostileRequests = []hostileRequest{
 	// Request smuggling: whatever framing wins, the first request is
@@ -91,7 +91,7 @@ var hostileRequests = []hostileRequest{
 		gcpReq("PUT", guestAttr, "Content-Length: 5", "Transfer-Encoding: chunked") + "0\r\n\r\n" + gcpReq("GET", token),
 		[]int{400, 403}, nil},
 	{"a PUT body within Content-Length is forwarded as judged",
-		gcpReq("PUT", guestAttr, "Content-Length: 5") + "hello", []int{405}, []string{"PUT " + guestAttr}},
+		gcpReq("PUT", guestAttr, "Content-Length: 5") + "hello", []int{200}, []string{"PUT " + guestAttr}},
 	{"a body on GET announced by Content-Length", gcpReq("GET", "/computeMetadata/v1/instance/zone", "Content-Length: 5") + "hello", []int{400}, nil},
 	{"a pipelined credential request behind an allowed one",
 		gcpReq("GET", "/computeMetadata/v1/instance/zone") + gcpReq("GET", token),
@@ -138,7 +138,7 @@ var hostileRequests = []hostileRequest{
 	{"Forwarded", gcpReq("GET", "/computeMetadata/v1/instance/zone", "Forwarded: for=10.9.9.9"), []int{403}, nil},
 	{"X-Forwarded-Host", gcpReq("GET", "/computeMetadata/v1/instance/zone", "X-Forwarded-Host: metadata"), []int{403}, nil},
 
-	// Every path trick of DESIGN.md, aimed at the token.
+	// Every path trick of docs/design.md, aimed at the token.
 	{"the token itself", gcpReq("GET", token), []int{403}, nil},
 	{"a percent-encoded letter", gcpReq("GET", saDir+"toke%6e"), []int{400}, nil},
 	{"a dot segment", gcpReq("GET", saDir+"./token"), []int{400}, nil},
@@ -169,10 +169,11 @@ var hostileRequests = []hostileRequest{
 	// Query tricks.
 	{"recursive=true on a parent of the token is stripped",
 		gcpReq("GET", "/computeMetadata/v1/instance/?recursive=true"), []int{200}, []string{"GET /computeMetadata/v1/instance/?recursive=true"}},
-	// The root answers a plain listing even with recursive=true; it is
-	// filtered as a text dump, which holds no credential entry.
-	{"recursive=true on the root is filtered as text",
-		gcpReq("GET", "/?recursive=true"), []int{200}, []string{"GET /?recursive=true"}},
+	// The root answers a plain listing even with recursive=true: a
+	// recursive answer that is not JSON is refused whole, whatever it
+	// holds, so that the refusal never tells whether a credential is in it.
+	{"recursive=true on the root is a text dump, refused",
+		gcpReq("GET", "/?recursive=true"), []int{502}, []string{"GET /?recursive=true"}},
 	{"an encoded key is judged and forwarded decoded",
 		gcpReq("GET", saDir+"?rec%75rsive=%74rue"), []int{200}, []string{"GET " + saDir + "?recursive=true"}},
 	{"recursive alt=text holding a multi-line credential is refused",
@@ -190,7 +191,7 @@ var hostileRequests = []hostileRequest{
 	{"TRACE", gcpReq("TRACE", "/computeMetadata/v1/instance/zone"), []int{405}, nil},
 	{"a lower-case get", gcpReq("get", "/computeMetadata/v1/instance/zone"), []int{405}, nil},
 	{"an invented method", gcpReq("FETCH", "/computeMetadata/v1/instance/zone"), []int{405}, nil},
-	{"PUT, which the rule does not allow", gcpReq("PUT", "/computeMetadata/v1/instance/zone", "Content-Length: 0"), []int{403}, nil},
+	{"PUT outside guest attributes, which GCP does not serve", gcpReq("PUT", "/computeMetadata/v1/instance/zone", "Content-Length: 0"), []int{405}, nil},
 	{"HEAD, which it does", gcpReq("HEAD", "/computeMetadata/v1/instance/zone"), []int{200}, []string{"HEAD /computeMetadata/v1/instance/zone"}},
 }
 

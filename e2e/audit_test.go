@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"metaguard.dev/metaguard/e2e/sandbox"
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // TestAuditAndMetricsMatchWhatHappened sends a known mix of requests and
@@ -18,18 +19,19 @@ func TestAuditAndMetricsMatchWhatHappened(t *testing.T) {
 	before := n.metrics()
 
 	type req struct {
-		pod              *sandbox.Pod
-		path             string
-		status           int
-		decision, reason string
+		pod      *sandbox.Pod
+		path     string
+		status   int
+		decision audit.Decision
+		reason   audit.Reason
 	}
 	reqs := []req{
-		{web, "/latest/meta-data/instance-id", 200, "allow", "allowed"},
-		{web, "/latest/meta-data/", 200, "strip", "credentials-stripped"},
-		{web, "/latest/meta-data/iam/info", 403, "deny", "not-allowed-by-rules"},
-		{web, "/latest/meta-data/hostname", 403, "deny", "not-allowed-by-rules"},
-		{web, "/latest/meta-data/%2e%2e/x", 400, "deny", "malformed-request"},
-		{accessor, "/latest/meta-data/iam/security-credentials/", 200, "allow", "credentials-allowed"},
+		{web, "/latest/meta-data/instance-id", 200, audit.DecisionAllow, audit.ReasonAllowed},
+		{web, "/latest/meta-data/", 200, audit.DecisionStrip, audit.ReasonCredentialsHidden},
+		{web, "/latest/meta-data/iam/info", 403, audit.DecisionDeny, audit.ReasonNotAllowed},
+		{web, "/latest/meta-data/hostname", 403, audit.DecisionDeny, audit.ReasonNotAllowed},
+		{web, "/latest/meta-data/%2e%2e/x", 400, audit.DecisionDeny, audit.ReasonMalformed},
+		{accessor, "/latest/meta-data/iam/security-credentials/", 200, audit.DecisionAllow, audit.ReasonCredentialsAllowed},
 	}
 	var role string
 	for _, r := range reqs {
@@ -55,7 +57,7 @@ func TestAuditAndMetricsMatchWhatHappened(t *testing.T) {
 		if l.Decision != r.decision || l.Reason != r.reason || l.Status != r.status || l.Endpoint != "aws" || l.Method != "GET" {
 			t.Errorf("line %d = %+v, want %s/%s/%d", i, l, r.decision, r.reason, r.status)
 		}
-		if l.Namespace != r.pod.Namespace || l.Pod != r.pod.Name || l.SrcIP != r.pod.IP.String() || l.PodUID != string(r.pod.UID) {
+		if l.Namespace != r.pod.Namespace || l.Pod != r.pod.Name || l.SrcIP != r.pod.IP || l.PodUID != string(r.pod.UID) {
 			t.Errorf("line %d names %s/%s %s %s, want %s %s %s", i, l.Namespace, l.Pod, l.SrcIP, l.PodUID, r.pod, r.pod.IP, r.pod.UID)
 		}
 	}

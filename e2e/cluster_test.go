@@ -24,7 +24,7 @@ rules:
       - {methods: [GET, HEAD, PUT], paths: ["/**"]}
     credentials: allow
   - name: robots
-    serviceAccounts: [robot]
+    serviceAccounts: [shop/robot]
     allow:
       - paths: ["/latest/meta-data/instance-id"]
 `

@@ -7,7 +7,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -24,6 +23,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"metaguard.dev/metaguard/e2e/sandbox"
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // node is a sandbox with metaguard running on it under a policy.
@@ -40,9 +40,16 @@ type node struct {
 // the policy. Pods should be added before the requests that need them.
 func startNode(t *testing.T, policy string, args ...string) *node {
 	t.Helper()
+	return startNodeWith(t, sandbox.Options{}, policy, args...)
+}
+
+// startNodeWith is startNode on a sandbox started with opts (for instance
+// a GCP or Azure metadata service on 169.254.169.254).
+func startNodeWith(t *testing.T, opts sandbox.Options, policy string, args ...string) *node {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
-	s := sandbox.StartT(t, sandbox.Options{})
+	s := sandbox.StartT(t, opts)
 	if err := s.ApplyManifests(ctx, "../deploy/base"); err != nil {
 		t.Fatalf("applying deploy/base: %v", err)
 	}
@@ -121,49 +128,26 @@ func (n *node) podClient(pod *sandbox.Pod, args ...string) sandbox.PodClientResu
 	return res
 }
 
-// auditLine is one line of metaguard's audit log.
-type auditLine struct {
-	SrcIP          string            `json:"src_ip"`
-	Pod            string            `json:"pod"`
-	Namespace      string            `json:"namespace"`
-	PodUID         string            `json:"pod_uid"`
-	ServiceAccount string            `json:"service_account"`
-	Labels         map[string]string `json:"labels"`
-	Endpoint       string            `json:"endpoint"`
-	Method         string            `json:"method"`
-	Path           string            `json:"path"`
-	QueryKeys      []string          `json:"query_keys"`
-	Decision       string            `json:"decision"`
-	Rule           string            `json:"rule"`
-	Reason         string            `json:"reason"`
-	Status         int               `json:"status"`
-	Bytes          int64             `json:"bytes"`
-}
-
-// audit returns the audit lines metaguard has written so far (stdout).
-func (n *node) audit() []auditLine {
+// audit returns the audit records metaguard has written so far (stdout),
+// read by the package that owns the record.
+func (n *node) audit() []audit.Record {
 	n.t.Helper()
 	out, err := n.mg.Stdout()
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	var lines []auditLine
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		var l auditLine
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			n.t.Fatalf("audit line is not JSON: %q", sc.Text())
-		}
-		lines = append(lines, l)
+	recs, err := audit.ReadAll(bytes.NewReader(out))
+	if err != nil {
+		n.t.Fatalf("reading the audit log: %v", err)
 	}
-	return lines
+	return recs
 }
 
 // waitAudit polls until at least want audit lines exist: a line is
 // written after its response.
-func (n *node) waitAudit(want int) []auditLine {
+func (n *node) waitAudit(want int) []audit.Record {
 	n.t.Helper()
-	var lines []auditLine
+	var lines []audit.Record
 	eventually(n.t, 5*time.Second, func() bool {
 		lines = n.audit()
 		return len(lines) >= want
@@ -233,3 +217,32 @@ func eventually(t *testing.T, timeout time.Duration, cond func() bool) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// budget is the request path budget metaguard derived from its Go memory
+// limit and logged at start-up: the caps the flood tests are bounded by.
+type budget struct {
+	Conns             int `json:"connections"`
+	ConnsPerSource    int `json:"connections_per_source"`
+	InFlight          int `json:"in_flight"`
+	InFlightPerSource int `json:"in_flight_per_source"`
+	LongPolls         int `json:"long_polls"`
+}
+
+func (n *node) budget() budget {
+	n.t.Helper()
+	logs, err := n.mg.Stderr()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	for _, line := range bytes.Split(logs, []byte("\n")) {
+		var b struct {
+			Msg string `json:"msg"`
+			budget
+		}
+		if json.Unmarshal(line, &b) == nil && b.Msg == "request path budget" {
+			return b.budget
+		}
+	}
+	n.t.Fatal("metaguard logged no request path budget")
+	return budget{}
+}

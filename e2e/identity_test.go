@@ -52,8 +52,8 @@ func TestIdentityOnARealAPIServer(t *testing.T) {
 	})
 	t.Run("a pod's IP resolves once its status publishes it", func(t *testing.T) {
 		pending := n.addPod(sandbox.PodSpec{Namespace: "shop", Name: "starting", Labels: map[string]string{"app": "web"}, Pending: true})
-		if r := n.get(pending, url, nil); r.status != 403 || !contains(r.body, "unknown-pod") {
-			t.Fatalf("before its IP is published: %d %q, want 403 unknown-pod", r.status, r.body)
+		if r := n.get(pending, url, nil); r.status != 503 || !contains(r.body, "unknown-pod") {
+			t.Fatalf("before its IP is published: %d %q, want 503 unknown-pod (the SDKs retry it)", r.status, r.body)
 		}
 		if err := n.s.SetPodPhase(n.ctx, pending, corev1.PodRunning); err != nil {
 			t.Fatal(err)

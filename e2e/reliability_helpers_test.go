@@ -21,7 +21,7 @@ import (
 	"metaguard.dev/metaguard/e2e/sandbox"
 )
 
-// Helpers of the reliability and attack suite (issue 7). They return
+// Helpers of the reliability and attack suite (RELIABILITY.md). They return
 // errors instead of failing the test, so that they can run in the
 // goroutines a load or a probe loop needs.
 

@@ -3,6 +3,8 @@
 package e2e
 
 import (
+	"io"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -64,7 +66,7 @@ func TestAPIServerOutage(t *testing.T) {
 		if r := n.get(batch, instanceID, nil); r.status != 403 || !contains(r.body, "shop/batch") {
 			bad = append(bad, phase+": batch got "+r.body)
 		}
-		if r := n.get(newcomer, instanceID, nil); r.status != 403 || !contains(r.body, "unknown-pod") {
+		if r := n.get(newcomer, instanceID, nil); r.status != 503 || !contains(r.body, "unknown-pod") {
 			bad = append(bad, phase+": newcomer got "+r.body)
 		}
 		return bad
@@ -272,5 +274,67 @@ func TestIPReuseWithEventsOutOfOrder(t *testing.T) {
 	reportf(t, "%d credential requests from the reused address between B's arrival and A's deletion being seen: %d got A's access", c.probes, c.leaks)
 	if r := n.get(wire, instanceID, nil); r.status != 403 || !contains(r.body, "shop/pod-b") {
 		t.Fatalf("B's own decision: %d %q, want 403 naming shop/pod-b", r.status, r.body)
+	}
+}
+
+// TestAFreshNodeWithABrokenPolicyFailsClosed: on a node with no rules at
+// all (after metaguard cleanup), metaguard started with a broken policy
+// does not exit: it installs the rules for the well-known metadata
+// endpoints and those the broken file still names, refuses every request
+// with the policy's error, stays not ready, and takes up the first valid
+// policy that is mounted.
+func TestAFreshNodeWithABrokenPolicyFailsClosed(t *testing.T) {
+	n := startNode(t, relPolicy)
+	web := n.addPod(sandbox.PodSpec{Namespace: "shop", Name: "web", Labels: map[string]string{"app": "web"}})
+	if err := n.mg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := n.s.ExecInNode(n.ctx, filepath.Join(n.s.BinDir(), "metaguard"), "cleanup"); err != nil {
+		t.Fatalf("metaguard cleanup: %v: %s", err, out)
+	}
+	// Without rules, the pod reaches the mock directly: the window a
+	// crash-looping metaguard would leave open.
+	if r := n.get(web, instanceID, nil); r.status != 200 || contains(r.body, "metaguard") {
+		t.Fatalf("after cleanup: %d %q, want the IMDS's own answer", r.status, r.body)
+	}
+	n.writePolicy(strings.Replace(relPolicy, "defaultAction: deny", "defaultAction: alow", 1))
+	mg, err := n.s.StartMetaguardUnready(n.ctx, "--config="+n.policy, "--reload-interval=200ms", "--sync-period=1s",
+		"--host-ip="+sandbox.HostIP.String()+","+sandbox.HostIPv6.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.mg = mg
+	eventually(t, 15*time.Second, func() bool {
+		r, _, err := podGet(n.ctx, n.s, web, instanceID, nil)
+		return err == nil && r.status == 503 && contains(r.body, "no valid policy")
+	})
+	r := n.get(web, instanceID, nil)
+	if r.status != 503 || !contains(r.body, "defaultAction") {
+		t.Errorf("a pod under the broken policy: %d %q, want 503 naming the policy error", r.status, r.body)
+	}
+	resp, err := n.s.NodeHTTPClient().Get("http://127.0.0.1:9181/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || !contains(string(body), "no valid policy") {
+		t.Errorf("/readyz: %d %q, want 503 naming the policy", resp.StatusCode, body)
+	}
+	m := n.metrics()
+	if metric(m, "metaguard_policy_last_reload_successful", nil) != 0 || metric(m, "metaguard_ready", nil) != 0 {
+		t.Error("metrics do not say the policy is refused and metaguard is not ready")
+	}
+	if ok, _ := mg.Exited(); ok {
+		t.Fatal("metaguard exited on a broken policy")
+	}
+
+	n.writePolicy(relPolicy)
+	eventually(t, 10*time.Second, func() bool { return n.get(web, instanceID, nil).status == 200 })
+	if err := n.s.WaitReady(n.ctx, mg, "127.0.0.1:9181"); err != nil {
+		t.Fatal(err)
+	}
+	if got := metric(n.metrics(), "metaguard_policy_info", map[string]string{"generation": "1"}); got != 1 {
+		t.Errorf("policy_info{generation=1} = %v after the first valid policy", got)
 	}
 }

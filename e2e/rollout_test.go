@@ -11,21 +11,34 @@ import (
 	"time"
 
 	"metaguard.dev/metaguard/e2e/sandbox"
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
+// auditPolicy is where a rollout starts: audit mode, and the one rule the
+// cluster already relies on, the agent's credentials.
 const auditPolicy = `apiVersion: metaguard.dev/v1alpha1
 kind: Policy
 mode: audit
 endpoints:
   - {name: aws, address: "169.254.169.254:80", flavor: aws}
 defaultAction: deny
-rules: []
+rules:
+  - name: agent-credentials
+    podSelector: {matchLabels: {app: agent}}
+    allow:
+      - {methods: [PUT], paths: ["/latest/api/token"]}
+      - paths: ["/latest/meta-data/iam/security-credentials/**"]
+    credentials: allow
 `
 
 // TestRolloutAuditSuggestEnforce is the safe rollout, end to end: run in
-// audit mode (nothing breaks), generate a policy from the audit log with
-// metaguard suggest, enforce it, and replay the same traffic: everything
-// still works, and a path nobody used is denied.
+// audit mode (nothing breaks, but no credential the policy does not grant
+// is served), generate a policy from the audit log with metaguard suggest,
+// enforce it, and replay the same traffic: everything that was served
+// still works, the agent's granted credentials are carried forward, and
+// what a pod only probed (a credential read audit mode refused, a path
+// nobody serves) is not learned. A group the operator names after review
+// gets its reviewed credential path, and nothing more.
 func TestRolloutAuditSuggestEnforce(t *testing.T) {
 	n := startNode(t, auditPolicy)
 	if err := n.s.EnsureNamespace(n.ctx, "ops", nil); err != nil {
@@ -46,6 +59,8 @@ func TestRolloutAuditSuggestEnforce(t *testing.T) {
 		{agent, "/latest/meta-data/iam/security-credentials/"},
 		{agent, "/latest/meta-data/instance-type"},
 	}
+	const listing = "/latest/meta-data/iam/security-credentials/"
+	const madeUp = "/latest/meta-data/made-up-by-web-2"
 	replay := func(wantStatus int, phase string) {
 		t.Helper()
 		for _, c := range traffic {
@@ -64,61 +79,107 @@ func TestRolloutAuditSuggestEnforce(t *testing.T) {
 
 	replay(200, "audit mode")
 	sdk("audit mode")
-	// Audit lines are written in batches: wait for the SDK's last request
-	// (its role's credentials) to be on disk before suggest reads the log.
-	var lines []auditLine
+	if r := n.get(web, "http://169.254.169.254"+listing, nil); r.status != 403 {
+		t.Fatalf("audit mode: web's credential probe got %d, want 403: audit mode never forwards a credential read", r.status)
+	}
+	if r := n.get(web2, "http://169.254.169.254"+madeUp, nil); r.status == 200 {
+		t.Fatalf("audit mode: the made-up path was served: %q", r.body)
+	}
+	// Audit lines are written in batches: wait for the last requests to be
+	// on disk before suggest reads the log.
+	var lines []audit.Record
 	eventually(t, 5*time.Second, func() bool {
 		lines = n.audit()
+		var role, probe bool
 		for _, l := range lines {
-			if p, ok := strings.CutPrefix(l.Path, "/latest/meta-data/iam/security-credentials/"); ok && p != "" {
-				return len(lines) >= len(traffic)
-			}
+			p, ok := strings.CutPrefix(l.Path, listing)
+			role = role || (ok && p != "" && l.Pod == "agent")
+			probe = probe || l.Path == madeUp
 		}
-		return false
+		return role && probe
 	})
-	audited := 0
+	counts := map[string]int{}
 	for _, l := range lines {
-		if l.Decision == "audit-deny" {
-			audited++
-		}
+		counts[l.Decision.String()+" "+l.Reason.String()]++
 	}
-	if audited < len(traffic) {
-		t.Fatalf("audit mode logged %d audit-deny lines, want at least %d", audited, len(traffic))
+	if counts["audit-deny not-allowed-by-rules"]+counts["audit-deny no-rule-selects-pod"] < 4 || counts["deny credential-path"] != 1 ||
+		counts["allow credentials-allowed"] < 2 {
+		t.Fatalf("audit mode logged %v: want the unlisted reads as audit-deny, web's probe as deny credential-path and the agent's SDK as credentials-allowed", counts)
 	}
 
-	// suggest, exactly as an operator runs it.
-	out := filepath.Join(n.s.ArtifactDir(), "suggested.yaml")
-	cmd := exec.Command(filepath.Join(n.s.BinDir(), "metaguard"), "suggest", "--config", n.policy, "--audit-log", n.mg.StdoutPath(), "--mode", "enforce")
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	suggested, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("metaguard suggest: %v\n%s", err, stderr.String())
-	}
-	if err := os.WriteFile(out, suggested, 0o644); err != nil {
+	// suggest, exactly as an operator runs it: with the policy the log was
+	// written under, whose rules say which credential reads were granted.
+	inForce := filepath.Join(n.s.ArtifactDir(), "audit-policy.yaml")
+	if err := os.WriteFile(inForce, []byte(auditPolicy), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := exec.Command(filepath.Join(n.s.BinDir(), "metaguard"), "validate", "--config", out).CombinedOutput(); err != nil {
-		t.Fatalf("the suggested policy does not validate: %v\n%s\n%s", err, b, suggested)
+	metaguard := filepath.Join(n.s.BinDir(), "metaguard")
+	suggest := func(name string, extra ...string) (string, string) {
+		t.Helper()
+		out := filepath.Join(n.s.ArtifactDir(), name)
+		cmd := exec.Command(metaguard, append([]string{"suggest", "--config", inForce, "--audit-log", n.mg.StdoutPath(), "--mode", "enforce"}, extra...)...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		suggested, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("metaguard suggest %v: %v\n%s", extra, err, stderr.String())
+		}
+		if err := os.WriteFile(out, suggested, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := exec.Command(metaguard, "validate", "--config", out).CombinedOutput(); err != nil {
+			t.Fatalf("the suggested policy does not validate: %v\n%s\n%s", err, b, suggested)
+		}
+		t.Logf("suggested policy (%v):\n%s\n%s", extra, suggested, stderr.String())
+		return string(suggested), stderr.String()
 	}
-	t.Logf("suggested policy:\n%s", suggested)
+	suggested, summary := suggest("suggested.yaml")
+	for _, want := range []string{"review: group shop-web (pods labelled app=web in namespace shop): 1 credential request on 1 path by pod web-1 not granted",
+		"--grant-credentials=shop-web grants them", "1 not served"} {
+		if !strings.Contains(summary, want) {
+			t.Errorf("suggest's summary lacks %q:\n%s", want, summary)
+		}
+	}
+	if !strings.Contains(suggested, "#   GET "+listing+" by pod web-1: 1 request (deny credential-path)") {
+		t.Errorf("the suggestion does not list web's probe for review:\n%s", suggested)
+	}
 
-	n.writePolicy(string(suggested))
+	n.writePolicy(suggested)
 	eventually(t, 10*time.Second, func() bool {
 		return metric(n.metrics(), "metaguard_policy_info", map[string]string{"mode": "enforce"}) == 1
 	})
 	replay(200, "enforce with the suggested policy")
 	sdk("enforce with the suggested policy")
+	for _, c := range []struct {
+		pod  *sandbox.Pod
+		path string
+		why  string
+	}{
+		{web, "/latest/meta-data/hostname", "a path nobody used"},
+		{web, listing, "a credential path web only probed"},
+		{web2, madeUp, "a path the upstream never served"},
+		{agent, "/latest/meta-data/iam/info", "a credential path the agent never read"},
+	} {
+		if r := n.get(c.pod, "http://169.254.169.254"+c.path, nil); r.status != 403 {
+			t.Errorf("%s (%s %s): %d, want 403", c.why, c.pod, c.path, r.status)
+		}
+	}
 
-	if r := n.get(web, "http://169.254.169.254/latest/meta-data/hostname", nil); r.status != 403 {
-		t.Errorf("a path nobody used: %d, want 403", r.status)
+	// The operator reviews web's probe and grants it.
+	granted, summary := suggest("granted.yaml", "--grant-credentials", "shop-web")
+	if !strings.Contains(summary, "granted: group shop-web") {
+		t.Errorf("suggest's summary does not say what it granted:\n%s", summary)
 	}
-	if r := n.get(web, "http://169.254.169.254/latest/meta-data/iam/security-credentials/", nil); r.status != 403 {
-		t.Errorf("credentials for a group that never read them: %d, want 403", r.status)
+	n.writePolicy(granted)
+	eventually(t, 10*time.Second, func() bool {
+		return n.get(web, "http://169.254.169.254"+listing, nil).status == 200
+	})
+	for _, c := range []call{{web, "/latest/meta-data/iam/info"}, {web2, madeUp}} {
+		if r := n.get(c.pod, "http://169.254.169.254"+c.path, nil); r.status != 403 {
+			t.Errorf("after granting shop-web its reviewed listing, %s %s: %d, want 403", c.pod, c.path, r.status)
+		}
 	}
-	if r := n.get(agent, "http://169.254.169.254/latest/meta-data/iam/info", nil); r.status != 403 {
-		t.Errorf("a credential path the agent never read: %d, want 403", r.status)
-	}
+	replay(200, "enforce with the granted policy")
 }
 
 // TestExplainReadsTheLivePod: explain --pod answers from the real pod and

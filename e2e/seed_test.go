@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"metaguard.dev/metaguard/e2e/sandbox"
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // The scenario from the field, reproduced literally: a metadata service at
@@ -54,7 +55,7 @@ func TestSeedScenario(t *testing.T) {
 	if len(lines) != 3 {
 		t.Fatalf("%d audit lines, want 3 (the node's own request is not redirected): %+v", len(lines), lines)
 	}
-	want := map[string]string{"pod1": "deny", "pod2": "deny", "pod3": "allow"}
+	want := map[string]audit.Decision{"pod1": audit.DecisionDeny, "pod2": audit.DecisionDeny, "pod3": audit.DecisionAllow}
 	for _, l := range lines {
 		if l.Namespace != "metadata-access" || want[l.Pod] != l.Decision {
 			t.Errorf("audit line %+v, want decision %s", l, want[l.Pod])

@@ -40,7 +40,7 @@ func badRequest(reason string) *RequestError {
 // maxPathBytes bounds the request path; metadata paths are short.
 const maxPathBytes = 2048
 
-// Canonicalize checks r against everything DESIGN.md's request path
+// Canonicalize checks r against everything docs/design.md's request path
 // refuses and returns the canonical request, or the error to answer.
 //
 // It works on the raw request-target (r.RequestURI), never on r.URL.Path:
@@ -156,6 +156,9 @@ var strictValues = map[string]map[string]bool{
 	"recursive":       {"true": true, "false": true},
 	"alt":             {"json": true, "text": true},
 	"wait_for_change": {"true": true, "false": true},
+	// GCP token binding: which transport the token is bound to.
+	"transport":           {"mtls": true, "alts": true},
+	"binding-enforcement": {"on": true},
 }
 
 // headerHasToken reports whether a comma-separated header has token,

@@ -91,6 +91,10 @@ func TestQueriesAreCheckedAgainstTheFlavorsKeysAndReencoded(t *testing.T) {
 		{"/computeMetadata/v1/instance/?recursive=1", 400, ""},
 		{"/computeMetadata/v1/instance/?alt=Text", 400, ""},
 		{"/computeMetadata/v1/instance/?wait_for_change=yes", 400, ""},
+		// Token binding (cloud.google.com/go/auth), with the values it
+		// sends only.
+		{"/computeMetadata/v1/instance/id?transport=mtls&binding-enforcement=on", 200, "binding-enforcement=on&transport=mtls"},
+		{"/computeMetadata/v1/instance/id?transport=tcp", 400, ""},
 	}
 	for _, tt := range tests {
 		resp, _ := h.do(plainPod, "GET", tt.target, http.Header{"Metadata-Flavor": {"Google"}})

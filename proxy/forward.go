@@ -53,6 +53,11 @@ func (f *forwarder) forward(rw *recorder, r *http.Request, ex *exchange) {
 	ctx, cancel := context.WithTimeout(context.WithValue(r.Context(), exchangeKey{}, ex), timeout)
 	defer cancel()
 	defer ex.releaseHeld()
+	for k := range ex.ep.AnswerHeaders() {
+		// The upstream's answer carries its own; an error of ours puts
+		// them back (upstreamError).
+		rw.Header().Del(k)
+	}
 	rc := http.NewResponseController(rw)
 	_ = rc.SetWriteDeadline(time.Now().Add(timeout + 5*time.Second))
 	if r.ContentLength != 0 {
@@ -128,6 +133,9 @@ func (f *forwarder) upstreamError(w http.ResponseWriter, r *http.Request, err er
 	if errors.Is(r.Context().Err(), context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 		// The client went away; there is nobody to answer.
 		return
+	}
+	for k, v := range ex.ep.AnswerHeaders() {
+		w.Header().Set(k, v)
 	}
 	if errors.Is(err, errOverloaded) {
 		ex.rec.Decision, ex.rec.Rule, ex.rec.Reason = audit.DecisionDeny, "", audit.ReasonOverloaded

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"syscall"
@@ -182,5 +183,40 @@ func TestTimedOutRecognisesEverySpellingOfADeadline(t *testing.T) {
 		if got := timedOut(tc.ctx, tc.err); got != tc.want {
 			t.Errorf("%s: timedOut = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestGCPAnswersOfTheProxysOwnSayMetadataFlavor: Google's client library
+// decides it is on GCE from Metadata-Flavor: Google on any answer to GET /,
+// so metaguard's own refusals on a GCP endpoint carry it, once, and a
+// forwarded answer carries only the upstream's.
+func TestGCPAnswersOfTheProxysOwnSayMetadataFlavor(t *testing.T) {
+	h := newHarness(t, "gcp", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Metadata-Flavor", "Google")
+		io.WriteString(w, "ok")
+	})
+	for _, tt := range []struct {
+		name   string
+		src    netip.Addr
+		method string
+		target string
+		want   int
+	}{
+		{"a denial", plainPod, "GET", "/computeMetadata/v1/instance/service-accounts/default/token", 403},
+		{"an unknown pod", unknownPod, "GET", "/", 503},
+		{"a malformed request", plainPod, "GET", "/computeMetadata/v1/instance/%2e%2e/", 400},
+		{"a method not served", plainPod, "POST", "/", 405},
+		{"a forwarded answer", plainPod, "GET", "/computeMetadata/v1/instance/id", 200},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, _ := h.do(tt.src, tt.method, tt.target, http.Header{"Metadata-Flavor": {"Google"}})
+			if resp.StatusCode != tt.want || strings.Join(resp.Header.Values("Metadata-Flavor"), ",") != "Google" {
+				t.Fatalf("status %d Metadata-Flavor %q, want %d and exactly one Google", resp.StatusCode, resp.Header.Values("Metadata-Flavor"), tt.want)
+			}
+		})
+	}
+	aws := newHarness(t, "aws", ok("x"))
+	if resp, _ := aws.do(plainPod, "GET", "/latest/meta-data/hostname", nil); resp.Header.Get("Metadata-Flavor") != "" {
+		t.Error("an AWS denial says Metadata-Flavor")
 	}
 }

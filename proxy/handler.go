@@ -51,6 +51,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec.Endpoint = ep.Name
+	// What the service puts on its own errors goes on ours too (GCP
+	// clients take Metadata-Flavor as proof they are on GCE). Set now,
+	// so every answer of the proxy's own carries it; a forwarded answer
+	// carries the upstream's instead (forward clears these first).
+	for k, v := range ep.AnswerHeaders() {
+		rw.Header().Set(k, v)
+	}
 
 	// Identify before judging the request's form, so that even a refused
 	// probe (a "..", an encoded slash) is attributed to its pod in the

@@ -3,11 +3,13 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"metaguard.dev/metaguard/proxy/audit"
 	"metaguard.dev/metaguard/proxy/policy"
 )
 
@@ -106,8 +109,8 @@ func TestAuditModeForwardsWhatEnforceWouldDenyButNeverCredentials(t *testing.T) 
 				t.Errorf("body %q", body)
 			}
 			l := h.waitAudit(i + 1)[i]
-			if l["decision"] != tt.decision || l["reason"] != tt.reason {
-				t.Errorf("audit decision %v reason %v, want %s %s", l["decision"], l["reason"], tt.decision, tt.reason)
+			if l.Decision.String() != tt.decision || l.Reason.String() != tt.reason {
+				t.Errorf("audit decision %v reason %v, want %s %s", l.Decision, l.Reason, tt.decision, tt.reason)
 			}
 		})
 	}
@@ -117,8 +120,8 @@ func TestAuditModeForwardsWhatEnforceWouldDenyButNeverCredentials(t *testing.T) 
 		if resp.StatusCode != 200 || strings.Contains(body, "iam") || !strings.Contains(body, "hostname") {
 			t.Fatalf("status %d body %q, want the listing without iam/", resp.StatusCode, body)
 		}
-		if l := h.waitAudit(1)[0]; l["decision"] != "audit-deny" {
-			t.Errorf("decision %v, want audit-deny", l["decision"])
+		if l := h.waitAudit(1)[0]; l.Decision != audit.DecisionAuditDeny {
+			t.Errorf("decision %v, want audit-deny", l.Decision)
 		}
 	})
 	if v := testutil.ToFloat64(h.requests("audit-deny", "200")); v != 1 {
@@ -141,23 +144,14 @@ func TestAuditLogHasEveryFieldAndNoSecret(t *testing.T) {
 		t.Fatalf("%d audit lines, want 1", len(lines))
 	}
 	l := lines[0]
-	for _, k := range []string{"time", "src_ip", "pod", "namespace", "pod_uid", "service_account", "labels", "endpoint", "method", "path", "query_keys", "decision", "rule", "reason", "status", "bytes", "duration_ms"} {
-		if _, ok := l[k]; !ok {
-			t.Errorf("audit line lacks %q: %v", k, l)
-		}
+	want := audit.Record{Time: l.Time, SrcIP: netip.MustParseAddr("127.0.0.11"), Pod: "agent", Namespace: "ops", PodUID: "uid-2", ServiceAccount: "agent",
+		Labels: l.Labels, Endpoint: "ep", Method: "GET", Path: "/metadata/identity/oauth2/token", QueryKeys: []string{"api-version", "client_id", "resource"},
+		Decision: audit.DecisionAllow, Rule: "accessors", Reason: audit.ReasonCredentialsAllowed, Status: 200, Bytes: l.Bytes, Duration: l.Duration}
+	if !reflect.DeepEqual(l, want) {
+		t.Errorf("audit record %+v\nwant         %+v", l, want)
 	}
-	if len(l) != 17 {
-		t.Errorf("audit line has %d fields, want exactly the 17 of the design: %v", len(l), l)
-	}
-	want := map[string]any{"src_ip": "127.0.0.11", "pod": "agent", "namespace": "ops", "pod_uid": "uid-2", "service_account": "agent",
-		"endpoint": "ep", "method": "GET", "path": "/metadata/identity/oauth2/token", "decision": "allow", "rule": "accessors", "status": float64(200)}
-	for k, v := range want {
-		if l[k] != v {
-			t.Errorf("audit %s = %v, want %v", k, l[k], v)
-		}
-	}
-	if fmt.Sprint(l["query_keys"]) != "[api-version client_id resource]" {
-		t.Errorf("query_keys = %v", l["query_keys"])
+	if l.Time.IsZero() || l.Bytes == 0 || l.Labels == nil {
+		t.Errorf("audit record %+v lacks its time, bytes or labels", l)
 	}
 	raw := h.audit.String()
 	for _, s := range []string{secret, "sekret-client", "vault.azure.net", "2018-02-01"} {
@@ -264,8 +258,8 @@ func TestAuditLabelsIsAnObjectEvenWhenEmpty(t *testing.T) {
 	h := newHarness(t, "aws", ok("x"))
 	h.do(unknownPod, "GET", "/latest/meta-data/instance-id", nil)
 	l := h.waitAudit(1)[0]
-	if labels, ok := l["labels"].(map[string]any); !ok || len(labels) != 0 {
-		t.Fatalf("labels = %#v, want {}", l["labels"])
+	if l.Labels == nil || len(l.Labels) != 0 {
+		t.Fatalf("labels = %#v, want {}, not null", l.Labels)
 	}
 }
 
@@ -275,7 +269,7 @@ func TestRefusedProbesAreAttributedToTheirPod(t *testing.T) {
 		t.Fatalf("status %d", got)
 	}
 	l := h.waitAudit(1)[0]
-	if l["pod"] != "frontend" || l["namespace"] != "web" || l["reason"] != "malformed-request" || l["path"] != "/latest/meta-data/%2e%2e/iam" {
+	if l.Pod != "frontend" || l.Namespace != "web" || l.Reason != audit.ReasonMalformed || l.Path != "/latest/meta-data/%2e%2e/iam" {
 		t.Fatalf("audit line %v: a refused probe must name its pod and raw path", l)
 	}
 }
@@ -337,5 +331,25 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 5s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestNoValidPolicyRefusesEverythingAndSaysWhy: while no valid policy was
+// ever loaded, the fail-closed placeholder intercepts and every request
+// gets 503 naming the policy's error, reason policy-invalid, never a
+// forward.
+func TestNoValidPolicyRefusesEverythingAndSaysWhy(t *testing.T) {
+	h := newHarness(t, "aws", ok("x"))
+	fc := policy.FailClosed(errors.New("policy.yaml:3: defaultAction: must be deny or allow"), []byte("endpoints: [{name: aws, address: \""+h.up.addr()+"\", flavor: aws}]"))
+	h.pol.Store(fc)
+	resp, body := h.do(accessorPod, "GET", "/latest/meta-data/instance-id", nil)
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !strings.Contains(body, "defaultAction") {
+		t.Fatalf("status %d body %q, want 503 naming the policy error", resp.StatusCode, body)
+	}
+	if n := len(h.up.received()); n != 0 {
+		t.Fatalf("%d requests reached the upstream", n)
+	}
+	if l := h.waitAudit(1)[0]; l.Reason != audit.ReasonPolicyInvalid || l.Decision != audit.DecisionDeny {
+		t.Errorf("audit %+v, want deny policy-invalid", l)
 	}
 }

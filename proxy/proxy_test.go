@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -247,26 +246,19 @@ func (h *harness) raw(src netip.Addr, request string) int {
 	return resp.StatusCode
 }
 
-// auditLines parses the audit log.
-func (h *harness) auditLines() []map[string]any {
+// auditLines reads the audit log with the package that owns it.
+func (h *harness) auditLines() []audit.Record {
 	h.t.Helper()
-	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(h.audit.String()), "\n") {
-		if line == "" {
-			continue
-		}
-		var m map[string]any
-		if err := json.Unmarshal([]byte(line), &m); err != nil {
-			h.t.Fatalf("audit line is not JSON: %q: %v", line, err)
-		}
-		out = append(out, m)
+	recs, err := audit.ReadAll(strings.NewReader(h.audit.String()))
+	if err != nil {
+		h.t.Fatalf("reading the audit log: %v", err)
 	}
-	return out
+	return recs
 }
 
 // waitAudit polls until n audit lines are written: the line is written
 // after the response, so a client can see the response first.
-func (h *harness) waitAudit(n int) []map[string]any {
+func (h *harness) waitAudit(n int) []audit.Record {
 	h.t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
+	"strconv"
 	"strings"
 )
 
@@ -54,22 +56,30 @@ func StripText(body []byte, dir string, recursive bool, keep func(string) bool) 
 }
 
 // filterLines keeps the lines (trimmed of surrounding space for the test)
-// that keepLine accepts, and the body's trailing-newline convention.
+// that keepLine accepts, and the body's trailing-newline convention. The
+// output is built in one buffer no larger than the body.
 func filterLines(body []byte, keepLine func(string) bool) ([]byte, int) {
-	nl := []byte("\n")
-	trailing := bytes.HasSuffix(body, nl)
-	lines := bytes.Split(bytes.TrimSuffix(body, nl), nl)
-	kept := lines[:0]
-	removed := 0
-	for _, l := range lines {
-		if !keepLine(strings.TrimSpace(string(l))) {
+	trailing := bytes.HasSuffix(body, []byte("\n"))
+	rest := bytes.TrimSuffix(body, []byte("\n"))
+	out := make([]byte, 0, len(body))
+	removed, kept := 0, 0
+	for {
+		line, tail, more := bytes.Cut(rest, []byte("\n"))
+		if keepLine(string(bytes.TrimSpace(line))) {
+			if kept > 0 {
+				out = append(out, '\n')
+			}
+			out = append(out, line...)
+			kept++
+		} else {
 			removed++
-			continue
 		}
-		kept = append(kept, l)
+		if !more {
+			break
+		}
+		rest = tail
 	}
-	out := bytes.Join(kept, nl)
-	if trailing && len(kept) > 0 {
+	if trailing && kept > 0 {
 		out = append(out, '\n')
 	}
 	return out, removed
@@ -82,65 +92,184 @@ func filterLines(body []byte, keepLine func(string) bool) ([]byte, int) {
 // so an entry is removed when either spelling is hidden. A string in an
 // array may be an entry name and is removed when it names a hidden entry;
 // other array elements are numbered segments.
+//
+// It streams the document token by token into one output buffer no larger
+// than the body, never building the document in memory: a decoded tree
+// costs several times the text, and the body is the upstream's to choose.
 func StripJSON(body []byte, dir string, keep func(string) bool) ([]byte, int, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
+	s := &jsonStripper{dec: dec, keep: keep, out: make([]byte, 0, len(body))}
+	tok, err := dec.Token()
+	if err != nil {
 		return nil, 0, errUnstrippable
 	}
-	if dec.More() {
+	if err := s.value(tok, entryBase(dir), true, 0); err != nil {
 		return nil, 0, errUnstrippable
 	}
-	v, removed := stripValue(v, entryBase(dir), keep, true)
-	var out bytes.Buffer
-	enc := json.NewEncoder(&out)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, 0, errUnstrippable
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, 0, errUnstrippable // a second document, or garbage
 	}
-	b := out.Bytes()
-	if !bytes.HasSuffix(body, []byte("\n")) {
-		b = bytes.TrimSuffix(b, []byte("\n"))
+	if bytes.HasSuffix(body, []byte("\n")) {
+		s.out = append(s.out, '\n')
 	}
-	return b, removed, nil
+	return s.out, s.removed, nil
 }
 
-// stripValue returns v without the hidden entries below base, and how many
-// it removed. top is set for the document's own value: there an array is a
-// listing, and its strings must be plain entry names; deeper, arrays hold
-// values (GCP scopes are URLs) and a string is removed only when it names
-// a hidden entry.
-func stripValue(v any, base string, keep func(string) bool, top bool) (any, int) {
-	removed := 0
-	switch t := v.(type) {
-	case map[string]any:
-		for k, child := range t {
-			kebab := kebabCase(k)
-			if !visibleEntry(base, k, keep) || !visibleEntry(base, kebab, keep) {
-				delete(t, k)
-				removed++
-				continue
-			}
-			nv, n := stripValue(child, base+kebab+"/", keep, false)
-			t[k] = nv
-			removed += n
-		}
-		return t, removed
-	case []any:
-		kept := make([]any, 0, len(t))
-		for i, child := range t {
-			if s, ok := child.(string); ok && !visibleValue(base, s, keep, top) {
-				removed++
-				continue
-			}
-			nv, n := stripValue(child, base+itoa(i)+"/", keep, false)
-			kept = append(kept, nv)
-			removed += n
-		}
-		return kept, removed
+// maxJSONDepth bounds nesting: metadata documents are a few levels deep,
+// and each level is a frame of the stripper's recursion.
+const maxJSONDepth = 64
+
+var errJSONShape = errors.New("JSON document too deep or malformed")
+
+type jsonStripper struct {
+	dec     *json.Decoder
+	keep    func(string) bool
+	out     []byte
+	removed int
+	str     bytes.Buffer // scratch for encoding strings
+	enc     *json.Encoder
+}
+
+// value writes the value that starts with tok. top is set for the
+// document's own value: there an array is a listing, and its strings must
+// be plain entry names; deeper, arrays hold values (GCP scopes are URLs)
+// and a string is removed only when it names a hidden entry.
+func (s *jsonStripper) value(tok json.Token, base string, top bool, depth int) error {
+	if depth > maxJSONDepth {
+		return errJSONShape
 	}
-	return v, 0
+	switch t := tok.(type) {
+	case json.Delim:
+		switch t {
+		case '{':
+			return s.object(base, depth)
+		case '[':
+			return s.array(base, top, depth)
+		}
+		return errJSONShape
+	case string:
+		s.appendString(t)
+	case json.Number:
+		s.out = append(s.out, t...)
+	case bool:
+		s.out = strconv.AppendBool(s.out, t)
+	case nil:
+		s.out = append(s.out, "null"...)
+	default:
+		return errJSONShape
+	}
+	return nil
+}
+
+func (s *jsonStripper) object(base string, depth int) error {
+	s.out = append(s.out, '{')
+	first := true
+	for s.dec.More() {
+		tok, err := s.dec.Token()
+		if err != nil {
+			return err
+		}
+		key, ok := tok.(string)
+		if !ok {
+			return errJSONShape
+		}
+		kebab := kebabCase(key)
+		val, err := s.dec.Token()
+		if err != nil {
+			return err
+		}
+		if !visibleEntry(base, key, s.keep) || !visibleEntry(base, kebab, s.keep) {
+			s.removed++
+			if err := s.skip(val, depth); err != nil {
+				return err
+			}
+			continue
+		}
+		if !first {
+			s.out = append(s.out, ',')
+		}
+		first = false
+		s.appendString(key)
+		s.out = append(s.out, ':')
+		if err := s.value(val, base+kebab+"/", false, depth+1); err != nil {
+			return err
+		}
+	}
+	if _, err := s.dec.Token(); err != nil { // '}'
+		return err
+	}
+	s.out = append(s.out, '}')
+	return nil
+}
+
+func (s *jsonStripper) array(base string, top bool, depth int) error {
+	s.out = append(s.out, '[')
+	first := true
+	for i := 0; s.dec.More(); i++ {
+		tok, err := s.dec.Token()
+		if err != nil {
+			return err
+		}
+		if str, ok := tok.(string); ok && !visibleValue(base, str, s.keep, top) {
+			s.removed++
+			continue
+		}
+		if !first {
+			s.out = append(s.out, ',')
+		}
+		first = false
+		if err := s.value(tok, base+itoa(i)+"/", false, depth+1); err != nil {
+			return err
+		}
+	}
+	if _, err := s.dec.Token(); err != nil { // ']'
+		return err
+	}
+	s.out = append(s.out, ']')
+	return nil
+}
+
+// skip consumes the rest of the value that starts with tok.
+func (s *jsonStripper) skip(tok json.Token, depth int) error {
+	d, ok := tok.(json.Delim)
+	if !ok {
+		return nil
+	}
+	if d != '{' && d != '[' {
+		return errJSONShape
+	}
+	open := 1
+	for open > 0 {
+		tok, err := s.dec.Token()
+		if err != nil {
+			return err
+		}
+		if d, ok := tok.(json.Delim); ok {
+			switch d {
+			case '{', '[':
+				open++
+				if depth+open > maxJSONDepth {
+					return errJSONShape
+				}
+			default:
+				open--
+			}
+		}
+	}
+	return nil
+}
+
+// appendString writes s as a JSON string, as encoding/json writes it but
+// without escaping HTML, which metadata values are not.
+func (s *jsonStripper) appendString(v string) {
+	if s.enc == nil {
+		s.enc = json.NewEncoder(&s.str)
+		s.enc.SetEscapeHTML(false)
+	}
+	s.str.Reset()
+	_ = s.enc.Encode(v) // a string always encodes
+	s.out = append(s.out, bytes.TrimSuffix(s.str.Bytes(), []byte("\n"))...)
 }
 
 func visibleValue(base, s string, keep func(string) bool, top bool) bool {

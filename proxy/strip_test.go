@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 const awsMetaDataListing = "ami-id\nhostname\niam/\nidentity-credentials/\ninstance-id\nplacement/"
@@ -45,7 +47,7 @@ func TestStripRemovesCredentialEntriesFromAWSListings(t *testing.T) {
 		t.Errorf("credential listing status %d, want 403", resp.StatusCode)
 	}
 	lines := h.waitAudit(3)
-	if got := lines[0]["decision"]; got != "strip" {
+	if got := lines[0].Decision; got != audit.DecisionStrip {
 		t.Errorf("audit decision %v, want strip", got)
 	}
 }

@@ -221,12 +221,8 @@ func (a answer) apply(resp *http.Response) {
 // stripResponse replaces the upstream's answer to a strip decision with
 // the pod's.
 func (f *forwarder) stripResponse(resp *http.Response, ex *exchange) error {
-	body, err := f.readForStrip(resp, ex)
-	if err != nil {
-		return err
-	}
 	t := ex.stripTarget()
-	a, err := stripAnswer(t, resp.StatusCode, resp.Header, body)
+	a, err := f.stripped(resp, ex, t)
 	if err != nil {
 		return err
 	}
@@ -239,25 +235,62 @@ func (f *forwarder) stripResponse(resp *http.Response, ex *exchange) error {
 	return nil
 }
 
-// readForStrip reads a whole upstream body into memory, within the
-// request's bound and the strip budget, and closes it.
+// stripped reads an upstream answer and makes the pod's from it, holding
+// the bytes both take from the strip budget.
+func (f *forwarder) stripped(resp *http.Response, ex *exchange, t stripTarget) (answer, error) {
+	body, err := f.readForStrip(resp, ex)
+	if err != nil {
+		return answer{}, err
+	}
+	// The stripped copy is at most as large as the body.
+	if !f.s.lim.holdStrip(ex, int64(len(body))) {
+		return answer{}, errOverloaded
+	}
+	return stripAnswer(t, resp.StatusCode, resp.Header, body)
+}
+
+// readForStrip reads a whole upstream body into memory, within
+// maxStripBytes and the strip budget, and closes it. The budget is charged
+// for the buffer's capacity as it grows, not only for the bytes in it.
 func (f *forwarder) readForStrip(resp *http.Response, ex *exchange) ([]byte, error) {
 	defer resp.Body.Close()
-	var buf bytes.Buffer
-	chunk := make([]byte, 16<<10)
+	if resp.ContentLength > maxStripBytes {
+		return nil, fmt.Errorf("%w: larger than %d bytes", errUnstrippable, maxStripBytes)
+	}
+	var buf []byte
+	grow := func(to int) error {
+		to = min(to, maxStripBytes+1) // one more byte tells a body over the bound
+		if !f.s.lim.holdStrip(ex, int64(to-cap(buf))) {
+			return errOverloaded
+		}
+		b := make([]byte, len(buf), to)
+		copy(b, buf)
+		buf = b
+		return nil
+	}
+	first := 4 << 10
+	if resp.ContentLength >= 0 {
+		first = int(resp.ContentLength) + 1
+	}
+	if err := grow(first); err != nil {
+		return nil, err
+	}
 	for {
-		n, err := resp.Body.Read(chunk)
-		if n > 0 {
-			if buf.Len()+n > maxStripBytes {
+		if len(buf) == cap(buf) {
+			if len(buf) > maxStripBytes {
 				return nil, fmt.Errorf("%w: larger than %d bytes", errUnstrippable, maxStripBytes)
 			}
-			if !f.s.lim.holdStrip(ex, int64(n)) {
-				return nil, errOverloaded
+			if err := grow(2 * cap(buf)); err != nil {
+				return nil, err
 			}
-			buf.Write(chunk[:n])
+		}
+		n, err := resp.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if len(buf) > maxStripBytes {
+			return nil, fmt.Errorf("%w: larger than %d bytes", errUnstrippable, maxStripBytes)
 		}
 		if err == io.EOF {
-			return buf.Bytes(), nil
+			return buf, nil
 		}
 		if err != nil {
 			return nil, fmt.Errorf("reading response to strip: %w", err)
@@ -303,12 +336,8 @@ func (f *forwarder) waitForVisibleChange(first *http.Request, upTag string, cur 
 		f.s.lim.strip.release(ex.rec.SrcIP, held) // the previous version is replaced
 		ex.held.strip -= held
 		before := ex.held.strip
-		body, err := f.readForStrip(resp, ex)
-		if err != nil {
-			return answer{}, err
-		}
+		next, err := f.stripped(resp, ex, t)
 		held = ex.held.strip - before
-		next, err := stripAnswer(t, resp.StatusCode, resp.Header, body)
 		if err != nil || next.status != http.StatusOK || next.header.Get("Etag") != seen {
 			return next, err
 		}

@@ -57,7 +57,7 @@ type runOptions struct {
 	upstreamTransport string
 }
 
-// AddFlags registers the flags of DESIGN.md, with NODE_NAME and HOST_IP
+// AddFlags registers the flags of docs/design.md, with NODE_NAME and HOST_IP
 // from the environment as defaults (the DaemonSet sets them through the
 // downward API).
 func (o *runOptions) AddFlags(fs *flag.FlagSet) {

@@ -26,6 +26,8 @@ func runSuggest(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	groupBy := fs.String("group-by", "label=app", "which pods share a rule: label=KEY, serviceaccount or namespace")
 	threshold := fs.Int("collapse-threshold", suggest.DefaultCollapseThreshold, "used siblings of a directory that become one * or ** pattern; 0 never collapses")
 	mode := fs.String("mode", "", "mode of the suggested policy, enforce or audit (default: the mode of --config)")
+	var grants stringList
+	fs.Var(&grants, "grant-credentials", "a group (as suggest names it under review) whose reviewed credential requests are granted; repeat it for more groups")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: metaguard suggest --audit-log FILE [--audit-log FILE...] [flags] [FILE...]")
 		fmt.Fprintln(fs.Output(), "Prints a policy that allows what each group of pods was seen to use; a summary goes to stderr.")
@@ -55,7 +57,7 @@ func runSuggest(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return fmt.Errorf("reading policy: %w", err)
 	}
-	s, err := suggest.New(*config, data, suggest.Options{GroupBy: gb, CollapseThreshold: *threshold, Mode: policy.Mode(*mode)})
+	s, err := suggest.New(*config, data, suggest.Options{GroupBy: gb, CollapseThreshold: *threshold, Mode: policy.Mode(*mode), GrantCredentials: grants})
 	if err != nil {
 		return err
 	}
@@ -87,17 +89,21 @@ func readAuditLog(ctx context.Context, s *suggest.Suggester, name string) error 
 	return s.ReadLog(ctx, name, f)
 }
 
-// summarize tells the operator what the suggestion is made of, and what
-// was left out and why, so a surprising policy can be traced to the log.
+// summarize tells the operator what the suggestion is made of, what was
+// left out and why, and what needs review, so a surprising policy can be
+// traced to the log.
 func summarize(out io.Writer, st suggest.Stats, sug suggest.Suggestion, logs int) {
 	skipped := []string{}
 	for _, c := range []struct {
 		n    int64
 		what string
 	}{
+		{st.Review, "for review (credential requests not granted)"},
+		{st.NotServed, "not served"},
 		{st.Denied, "denied (never suggested)"},
-		{st.Unidentified, "of unidentified pods"},
+		{st.ByProxy, "decided by the proxy, not the policy"},
 		{st.UnknownEndpoint, "of endpoints not in the policy"},
+		{st.OverBound, "past the paths kept per group"},
 		{st.Other, "of other logs"},
 		{st.Malformed, "malformed"},
 	} {
@@ -115,11 +121,20 @@ func summarize(out io.Writer, st suggest.Stats, sug suggest.Suggestion, logs int
 	}
 	fmt.Fprintf(out, "metaguard suggest: %s, %s, %d with credentials: allow\n",
 		count(int64(st.Groups), "pod group"), count(int64(sug.Rules), "rule"), sug.CredentialRules)
+	for _, r := range sug.Review {
+		if r.Granted {
+			fmt.Fprintf(out, "metaguard suggest: granted: group %s (%s): %s on %s by %s, as --grant-credentials asked\n",
+				r.Group, r.Who, count(r.Requests, "credential request"), count(int64(r.Paths), "path"), r.Pods)
+			continue
+		}
+		fmt.Fprintf(out, "metaguard suggest: review: group %s (%s): %s on %s by %s not granted; listed at the end of the policy; --grant-credentials=%s grants them\n",
+			r.Group, r.Who, count(r.Requests, "credential request"), count(int64(r.Paths), "path"), r.Pods, r.Group)
+	}
 	for _, warning := range sug.Warnings {
 		fmt.Fprintf(out, "metaguard suggest: review: %s\n", warning)
 	}
 	if st.Used == 0 {
-		fmt.Fprintln(out, "metaguard suggest: no request of an identified pod was used: the suggested policy denies everything")
+		fmt.Fprintln(out, "metaguard suggest: no served request of an identified pod was used: the suggested policy denies everything")
 	}
 }
 

@@ -41,14 +41,28 @@ func (s *Sandbox) startCloud(ctx context.Context) error {
 		}
 		return append([]string{"-n", h, "-p", p}, extra...)
 	}
+	gcpListen := []string{GCPMetadata.String(), GCPMetadataV6.String()}
+	azureListen := []string{AzureMetadata.String()}
+	var gcpDNS []string
 	svcs := []svc{
-		{"imds-aws", mock, mockArgs(AWSIMDS.String()), AWSIMDS.String()},
 		{"imds-aws-v6", mock, mockArgs(AWSIMDSv6.String()), AWSIMDSv6.String()},
 		{"imds-aws-v2only", mock, mockArgs(AWSIMDSv2Only.String(), "-I"), AWSIMDSv2Only.String()},
 		{"literal-service", mock, mockArgs(LiteralService.String()), LiteralService.String()},
-		{"fakecloud-gcp", fake, []string{"-flavor", "gcp", "-listen", GCPMetadata.String(), "-control", controlAddrs[fakecloud.GCP]}, GCPMetadata.String()},
-		{"fakecloud-azure", fake, []string{"-flavor", "azure", "-listen", AzureMetadata.String(), "-control", controlAddrs[fakecloud.Azure]}, AzureMetadata.String()},
 	}
+	switch s.opts.MetadataCloud {
+	case fakecloud.GCP:
+		gcpListen = append(gcpListen, MetadataIP.String())
+		gcpDNS = append(gcpDNS, net.JoinHostPort(MetadataIP.Addr().String(), "53"))
+	case fakecloud.Azure:
+		azureListen = append(azureListen, MetadataIP.String())
+	default:
+		svcs = append(svcs, svc{"imds-aws", mock, mockArgs(AWSIMDS.String()), AWSIMDS.String()})
+	}
+	svcs = append(svcs,
+		svc{"fakecloud-gcp", fake, []string{"-flavor", "gcp", "-listen", strings.Join(gcpListen, ","), "-dns", strings.Join(gcpDNS, ","),
+			"-control", controlAddrs[fakecloud.GCP]}, GCPMetadata.String()},
+		svc{"fakecloud-azure", fake, []string{"-flavor", "azure", "-listen", strings.Join(azureListen, ","), "-control", controlAddrs[fakecloud.Azure]}, AzureMetadata.String()},
+	)
 	procs := make([]*Process, len(svcs))
 	for i, sv := range svcs {
 		p, err := s.startProc(procSpec{
@@ -85,7 +99,7 @@ func (s *Sandbox) startCloud(ctx context.Context) error {
 	return nil
 }
 
-func (s *Sandbox) control(ctx context.Context, flavor fakecloud.Flavor, method, path string, body string) (*http.Response, error) {
+func (s *Sandbox) control(ctx context.Context, flavor fakecloud.Flavor, method, path, body string) (*http.Response, error) {
 	addr, ok := controlAddrs[flavor]
 	if !ok {
 		return nil, fmt.Errorf("no fake %q upstream (want %q or %q)", flavor, fakecloud.GCP, fakecloud.Azure)
@@ -134,6 +148,40 @@ func (s *Sandbox) ResetCloudRecords(ctx context.Context, flavor fakecloud.Flavor
 // wait_for_change long-polls on it.
 func (s *Sandbox) SetGCPValue(ctx context.Context, path, value string) error {
 	resp, err := s.control(ctx, fakecloud.GCP, http.MethodPut, "/value?path="+url.QueryEscape(path), value)
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
+
+// SetCloudQuirks replaces the quirks of the fake GCP or Azure upstream
+// (a Range-honouring upstream, a silent resolver); they stay until the
+// next call.
+func (s *Sandbox) SetCloudQuirks(ctx context.Context, flavor fakecloud.Flavor, q fakecloud.Quirks) error {
+	return s.controlJSON(ctx, flavor, http.MethodPut, "/quirks", q)
+}
+
+// AddCloudFault makes the fake upstream answer the next f.Count requests
+// for f.Path with f.Status.
+func (s *Sandbox) AddCloudFault(ctx context.Context, flavor fakecloud.Flavor, f fakecloud.Fault) error {
+	return s.controlJSON(ctx, flavor, http.MethodPost, "/faults", f)
+}
+
+// ClearCloudFaults drops the faults not used up yet.
+func (s *Sandbox) ClearCloudFaults(ctx context.Context, flavor fakecloud.Flavor) error {
+	resp, err := s.control(ctx, flavor, http.MethodDelete, "/faults", "")
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
+
+func (s *Sandbox) controlJSON(ctx context.Context, flavor fakecloud.Flavor, method, path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	resp, err := s.control(ctx, flavor, method, path, string(b))
 	if err != nil {
 		return err
 	}

@@ -9,8 +9,10 @@
 //     addresses: amazon-ec2-metadata-mock on 169.254.169.254:80 (and
 //     [fd00:ec2::254]:80, 192.168.100.21:32000, an IMDSv2-only instance on
 //     169.254.169.250:80) and the project's fakecloud (GCP on
-//     169.254.169.252:80, Azure on 169.254.169.251:80), which records every
-//     request it receives;
+//     169.254.169.252:80 and [fd20:ce::254]:80, Azure on 169.254.169.251:80),
+//     which records every request it receives; Options.MetadataCloud puts
+//     the GCP or Azure fake on 169.254.169.254:80 instead of the mock, for
+//     client libraries that hard-code it;
 //   - one network namespace per pod on node-a, wired to a bridge in the
 //     node namespace, with the pod's IPs, and the matching Pod objects in
 //     the API server (status.podIPs set through the status subresource);
@@ -26,11 +28,13 @@
 // Public surface: Start, StartT, CheckPrerequisites, Sweep, Options, Sandbox
 // (Close, AdminClient, AdminConfig, AdminKubeconfig, Apply, ApplyManifests,
 // ServiceAccountKubeconfig, EnsureNamespace, AddPod, DeletePod,
-// SetPodLabels, SetPodPhase, ExecInPod, ExecInNode, PodClient, StartProcess,
-// StartMetaguard, WaitReady, NodeHTTPClient, PodHTTPClient, CloudRecords,
-// ResetCloudRecords, SetGCPValue, AddCloudAddress, Healthy, NodeNetns, CloudNetns,
+// SetPodLabels, SetPodPhase, ExecInPod, ExecInPodWith, ExecInNode, PodClient,
+// PodClientWith, PodJSClient, StartProcess, StartMetaguard, StartMetaguardUnready, WaitReady,
+// NodeHTTPClient, PodHTTPClient, CloudRecords, ResetCloudRecords, SetGCPValue,
+// SetCloudQuirks, AddCloudFault, ClearCloudFaults, AddCloudAddress, Healthy,
+// NodeNetns, CloudNetns,
 // ArtifactDir, BinDir, APIServerProcess, StopAPIServer, StartAPIServer,
-// AddPodNetwork, CreatePodObject), Pod, PodSpec, PodClientResult, Process,
+// AddPodNetwork, CreatePodObject), Pod, PodSpec, PodClientResult, ExecOptions, Process,
 // NetnsDialer, NetnsListen and the addresses of the topology.
 //
 // It must not touch the root network namespace, must not reach anything

@@ -27,6 +27,20 @@ const (
 // DaemonSet (GOGC, GOMEMLIMIT, GOMAXPROCS). It returns once /readyz on the metrics port answers
 // 200, or with an error carrying the end of metaguard's log.
 func (s *Sandbox) StartMetaguard(ctx context.Context, args ...string) (*Process, error) {
+	p, err := s.StartMetaguardUnready(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.WaitReady(ctx, p, metricsAddr(args)); err != nil {
+		return p, err
+	}
+	return p, nil
+}
+
+// StartMetaguardUnready starts metaguard like StartMetaguard but returns at
+// once, for a test of what it does before it is ready (or when it never
+// becomes ready: a fresh node with a broken policy).
+func (s *Sandbox) StartMetaguardUnready(ctx context.Context, args ...string) (*Process, error) {
 	kubeconfig, err := s.ServiceAccountKubeconfig(ctx, MetaguardNamespace, MetaguardServiceAccount)
 	if err != nil {
 		return nil, err
@@ -41,14 +55,7 @@ func (s *Sandbox) StartMetaguard(ctx context.Context, args ...string) (*Process,
 	if err != nil {
 		return nil, err
 	}
-	p, err := s.startProc(procSpec{netns: s.nodeNetns(), name: "metaguard", path: filepath.Join(s.binDir, "metaguard"), args: argv, env: env})
-	if err != nil {
-		return nil, err
-	}
-	if err := s.WaitReady(ctx, p, metricsAddr(args)); err != nil {
-		return p, err
-	}
-	return p, nil
+	return s.startProc(procSpec{netns: s.nodeNetns(), name: "metaguard", path: filepath.Join(s.binDir, "metaguard"), args: argv, env: env})
 }
 
 // WaitReady polls http://addr/readyz from the node namespace until it is

@@ -40,6 +40,11 @@ var (
 	// GCPMetadata and AzureMetadata are the project's fakecloud.
 	GCPMetadata   = netip.MustParseAddrPort("169.254.169.252:80")
 	AzureMetadata = netip.MustParseAddrPort("169.254.169.251:80")
+	// GCPMetadataV6 is GCE's IPv6 metadata address, served by the GCP fake.
+	GCPMetadataV6 = netip.MustParseAddrPort("[fd20:ce::254]:80")
+	// MetadataIP is the address client libraries hard-code; which cloud
+	// answers there is Options.MetadataCloud (AWS: AWSIMDS).
+	MetadataIP = netip.MustParseAddrPort("169.254.169.254:80")
 )
 
 // Names of the nodes, of the bridge and of the interfaces inside the
@@ -56,7 +61,7 @@ const (
 func cloudAddrs() []netip.Addr {
 	return []netip.Addr{
 		AWSIMDS.Addr(), AWSIMDSv6.Addr(), AWSIMDSv2Only.Addr(), LiteralService.Addr(),
-		GCPMetadata.Addr(), AzureMetadata.Addr(),
+		GCPMetadata.Addr(), AzureMetadata.Addr(), GCPMetadataV6.Addr(),
 	}
 }
 
@@ -139,7 +144,7 @@ func (s *Sandbox) setupNetwork(ctx context.Context) error {
 		fmt.Sprintf("route add fd00:10:244::/48 via %s", HostIPv6),
 	}
 	for _, a := range cloudAddrs() {
-		cloudCmds = append(cloudCmds, fmt.Sprintf("addr add %s/%d dev lo", a, prefixLen(a)))
+		cloudCmds = append(cloudCmds, loAddr(a))
 	}
 	return ipBatch(ctx, cloud, cloudCmds...)
 }
@@ -189,11 +194,21 @@ func (s *Sandbox) AddCloudAddress(ctx context.Context, addr netip.Addr) error {
 	if addr.Is6() {
 		via = CloudIPv6
 	}
-	if err := ipBatch(ctx, s.cloudNetns(), fmt.Sprintf("addr add %s/%d dev lo", addr, prefixLen(addr))); err != nil {
+	if err := ipBatch(ctx, s.cloudNetns(), loAddr(addr)); err != nil {
 		return fmt.Errorf("adding %s to the cloud namespace: %w", addr, err)
 	}
 	if err := ipBatch(ctx, s.nodeNetns(), fmt.Sprintf("route add %s/%d via %s", addr, prefixLen(addr), via)); err != nil {
 		return fmt.Errorf("routing %s from the node: %w", addr, err)
 	}
 	return nil
+}
+
+// loAddr is the ip command that puts a on the loopback device. IPv6 ones
+// skip duplicate address detection, so a service started right after can
+// bind them (a tentative address refuses bind with "cannot assign").
+func loAddr(a netip.Addr) string {
+	if a.Is6() {
+		return fmt.Sprintf("addr add %s/%d dev lo nodad", a, prefixLen(a))
+	}
+	return fmt.Sprintf("addr add %s/%d dev lo", a, prefixLen(a))
 }

@@ -287,7 +287,7 @@ func netnsHTTPClient(netns string) *http.Client {
 	}
 }
 
-// PodClientResult is what bin/podclient printed.
+// PodClientResult is what bin/podclient or bin/jsclient printed.
 type PodClientResult struct {
 	OK          bool   `json:"ok"`
 	Status      int    `json:"status"`
@@ -295,6 +295,12 @@ type PodClientResult struct {
 	Error       string `json:"error"`
 	Role        string `json:"role"`
 	AccessKeyID string `json:"access_key_id"`
+	// Values and Errors are what the GCP and Azure subcommands read, by
+	// name ("project_id", "token"), and the errors by the same names.
+	Values map[string]string `json:"values"`
+	Errors map[string]string `json:"errors"`
+	// ElapsedMS is how long the client's call took, retries included.
+	ElapsedMS int64 `json:"elapsed_ms"`
 }
 
 // PodClient runs bin/podclient (the AWS SDK for Go v2 IMDS client) in the

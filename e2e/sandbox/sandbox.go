@@ -21,6 +21,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"metaguard.dev/metaguard/e2e/fakecloud"
 )
 
 // Options configure a sandbox. The zero value is what tests want.
@@ -36,6 +38,12 @@ type Options struct {
 	KeepArtifacts bool
 	// Logf receives progress messages; nil discards them.
 	Logf func(format string, args ...any)
+	// MetadataCloud picks which cloud's metadata service answers at
+	// 169.254.169.254:80, the address client libraries hard-code:
+	// "" for amazon-ec2-metadata-mock, fakecloud.GCP (which then also
+	// answers DNS there, as GCE's resolver) or fakecloud.Azure. The
+	// fakes answer on their own addresses too either way.
+	MetadataCloud fakecloud.Flavor
 }
 
 // ErrPrerequisite marks a machine that cannot run a sandbox (not root, a
@@ -155,6 +163,11 @@ func checkoutRoot() (string, error) {
 func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	if err := CheckPrerequisites(opts); err != nil {
 		return nil, err
+	}
+	switch opts.MetadataCloud {
+	case "", fakecloud.GCP, fakecloud.Azure:
+	default:
+		return nil, fmt.Errorf("Options.MetadataCloud %q: want \"\", %q or %q", opts.MetadataCloud, fakecloud.GCP, fakecloud.Azure)
 	}
 	begin := time.Now()
 	s := &Sandbox{opts: opts, names: map[string]bool{}, slots: map[int]bool{}}

@@ -15,7 +15,15 @@
 // It never holds query values, bodies, tokens or response content: only
 // names and outcomes.
 //
+// The reader has two readings of a line that FuzzDecode holds to the same
+// result: Decode, on encoding/json, the reference; and Reader's direct
+// path for lines shaped as the Writer writes them, several times faster
+// on real logs (BenchmarkDecode), which is what `metaguard suggest` over a
+// week of a node's log needs.
+//
 // Public surface: Record, Decision (and its values, ParseDecision), Reason
 // (and its values, ParseReason, Reasons), Writer (NewWriter, Options, Write,
-// Run, Flush), File (OpenFile, Reopen), Decode, Fields.
+// Run, Flush), File (OpenFile, Reopen), Decode, ErrNotRecord, Reader
+// (NewReader, Next, Line), LineError, ErrLineTooLong, MaxLineBytes, ReadAll,
+// Fields.
 package audit

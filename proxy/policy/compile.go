@@ -275,8 +275,8 @@ func (c *compiler) allow(path fieldPath, s *allowSpec) (allowEntry, bool) {
 		a.methods = []string{"GET", "HEAD"}
 	}
 	for i, m := range a.methods {
-		if m != "GET" && m != "HEAD" && m != "PUT" {
-			c.fail(append(path, "methods", i), "must be GET, HEAD or PUT, got %q", m)
+		if m != "GET" && m != "HEAD" && m != "PUT" && m != "DELETE" {
+			c.fail(append(path, "methods", i), "must be GET, HEAD, PUT or DELETE, got %q", m)
 			ok = false
 		}
 	}

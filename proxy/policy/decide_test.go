@@ -47,7 +47,7 @@ rules:
     podSelector: {matchLabels: {app: guest-agent}}
     endpoints: [gcp]
     allow:
-      - methods: [PUT]
+      - methods: [PUT, DELETE]
         paths: ["/computeMetadata/v1/instance/guest-attributes/**", "/computeMetadata/v1/instance/attributes/**"]
   - name: billing-identity
     podSelector: {matchLabels: {app: billing}}
@@ -176,6 +176,8 @@ func TestDecide(t *testing.T) {
 		{"GCP workload certificates are credentials", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/gce-workload-certificates/workload-identities", nil, "deny", "gcp-readers", audit.ReasonCredentialPath},
 		{"GCP workload identities are credentials", gcpPod, "gcp", "GET", "/computeMetadata/v1/instance/workload-identities", nil, "deny", "gcp-readers", audit.ReasonCredentialPath},
 		{"GCP PUT is served under guest-attributes", guestAgent, "gcp", "PUT", "/computeMetadata/v1/instance/guest-attributes/hostkeys/ssh-ed25519", nil, "allow", "gcp-hostkeys", audit.ReasonAllowed},
+		{"GCP DELETE is served under guest-attributes", guestAgent, "gcp", "DELETE", "/computeMetadata/v1/instance/guest-attributes/hostkeys/ssh-ed25519", nil, "allow", "gcp-hostkeys", audit.ReasonAllowed},
+		{"GCP DELETE outside guest-attributes is not served", guestAgent, "gcp", "DELETE", "/computeMetadata/v1/instance/attributes/ssh-keys", nil, "deny", "", audit.ReasonMethod},
 		{"GCP PUT outside guest-attributes is not served, whatever a rule says", guestAgent, "gcp", "PUT", "/computeMetadata/v1/instance/attributes/ssh-keys", nil, "deny", "", audit.ReasonMethod},
 
 		// Azure and query constraints.

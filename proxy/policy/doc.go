@@ -7,7 +7,11 @@
 // HTTP serving, Kubernetes clients or the kernel: the proxy hands it an
 // identity.Identity and a canonical Request and gets a Decision back.
 //
-// Public surface: Parse, Load, Policy (Decide, Explain, IsCredential,
-// Endpoints, EndpointFor), Request, Decision, Action, Endpoint, Flavor, Mode,
-// Store (the hot-reloaded current policy) and ValidationError.
+// Public surface: Parse, Load, FailClosed, Policy (Decide, Explain,
+// CanRead, GrantsCredentials, Invalid, Endpoints, EndpointFor,
+// EndpointByName, RuleNames), Request, Decision, Action, Endpoint
+// (MethodAllowed, Serves, AcceptsBody, AnswerHeaders, QueryKeys,
+// IdentityKeys, UpstreamHost, IsCredential), Flavor, Mode, Store (the
+// hot-reloaded current policy, failing closed until a valid one is read),
+// CanonicalPath and ValidationError.
 package policy

@@ -30,8 +30,9 @@ type flavorSpec struct {
 	identityKeys []string
 	// methods are the HTTP methods the API serves; anything else is 405.
 	methods []string
-	// writes are the path patterns where the API takes PUT; PUT anywhere
-	// else is 405. Nil means wherever PUT is among methods (generic).
+	// writes are the path patterns where the API takes PUT (and DELETE,
+	// where it serves that); a write anywhere else is 405. Nil means
+	// wherever the method is among methods (generic).
 	writes []string
 	// putBody says whether a PUT carries a body. Where the API defines
 	// none, a body is refused: it can only be a second request waiting for
@@ -40,6 +41,9 @@ type flavorSpec struct {
 	// hosts are names other than the endpoint address that clients put in
 	// Host and that the upstream accepts.
 	hosts []string
+	// answerHeaders go on every answer metaguard makes itself (a denial,
+	// a refusal, a 502), as the service puts them on its own errors.
+	answerHeaders map[string]string
 }
 
 var flavors = map[Flavor]flavorSpec{
@@ -98,14 +102,23 @@ var flavors = map[Flavor]flavorSpec{
 			"recursive", "alt", "wait_for_change", "timeout_sec", "last_etag",
 			// token and identity endpoints
 			"scopes", "audience", "format", "licenses",
+			// token binding (cloud.google.com/go/auth's compute
+			// credentials, credentials/compute.go)
+			"transport", "binding-enforcement",
 		),
-		methods: []string{"GET", "HEAD", "PUT"},
-		// Guest attributes are the only values a VM writes
+		methods: []string{"GET", "HEAD", "PUT", "DELETE"},
+		// Guest attributes are the only values a VM writes or deletes
 		// (https://cloud.google.com/compute/docs/metadata/manage-guest-attributes);
-		// they carry the value as the PUT body.
+		// a PUT carries the value as its body.
 		writes:  []string{"/computeMetadata/v1/instance/guest-attributes/**"},
 		putBody: true,
 		hosts:   []string{"metadata.google.internal", "metadata.google.internal.", "metadata"},
+		// The Go client library's on-GCE probe (metadata.OnGCE) looks only
+		// for this header, whatever the status: without it a pod refused
+		// GET / would be told it is not on GCE at all, and Application
+		// Default Credentials would report missing credentials instead of
+		// metaguard's refusal. GCE itself sends it on every answer.
+		answerHeaders: map[string]string{"Metadata-Flavor": "Google"},
 	},
 	FlavorAzure: {
 		// https://learn.microsoft.com/azure/virtual-machines/instance-metadata-service

@@ -63,7 +63,7 @@ credentialPaths: ["/x//y"]
 				"p.yaml:6: endpoints[0].address: must be IP:port",
 				"p.yaml:8: defaultAction: must be deny or allow",
 				"p.yaml:11: rules[0].podSelector:",
-				"p.yaml:13: rules[0].allow[0].methods[0]: must be GET, HEAD or PUT",
+				"p.yaml:13: rules[0].allow[0].methods[0]: must be GET, HEAD, PUT or DELETE",
 				"p.yaml:14: rules[0].allow[0].paths[0]: path pattern \"relative\" must start with /",
 				"p.yaml:14: rules[0].allow[0].paths[1]: path pattern \"/a/b*\": wildcards must be a whole segment",
 				"p.yaml:15: rules[0].credentials: must be strip or allow",

@@ -98,13 +98,14 @@ func (e *Endpoint) MethodAllowed(method string) bool {
 	return slices.Contains(e.spec.methods, method)
 }
 
-// Serves reports whether the endpoint's API serves method on path: PUT only
-// where the API takes writes (the AWS token, GCP guest attributes).
+// Serves reports whether the endpoint's API serves method on path: PUT
+// and DELETE only where the API takes writes (the AWS token, GCP guest
+// attributes).
 func (e *Endpoint) Serves(method, path string) bool {
 	if !e.MethodAllowed(method) {
 		return false
 	}
-	if method != "PUT" || e.spec.writes == nil {
+	if (method != "PUT" && method != "DELETE") || e.spec.writes == nil {
 		return true
 	}
 	for _, w := range e.writes {
@@ -114,6 +115,10 @@ func (e *Endpoint) Serves(method, path string) bool {
 	}
 	return false
 }
+
+// AnswerHeaders are the headers the service puts on every answer, which
+// metaguard's own answers for this endpoint carry too.
+func (e *Endpoint) AnswerHeaders() map[string]string { return e.spec.answerHeaders }
 
 // AcceptsBody reports whether a request with method may carry a body: only
 // a PUT, and only where the API defines one. A body anywhere else is a

@@ -26,6 +26,8 @@ func run() int {
 	flavor := fs.String("flavor", "", "gcp or azure")
 	listen := fs.String("listen", "", "comma-separated addresses for the metadata API")
 	control := fs.String("control", "127.0.0.1:9001", "address for the control API")
+	dns := fs.String("dns", "", "comma-separated UDP addresses to answer DNS on (gcp: the metadata server is also the VPC's resolver)")
+	quirks := fs.String("quirks", "", "comma-separated quirks to start with: honour-range, honour-if-none-match, dns-silent")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
@@ -35,6 +37,12 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "fakecloud: need -flavor gcp|azure and -listen (%v)\n", err)
 		return 2
 	}
+	q, err := parseQuirks(*quirks)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "fakecloud: %v\n", err)
+		return 2
+	}
+	srv.SetQuirks(q)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -62,13 +70,28 @@ func run() int {
 		log.Info("serving", "addr", addr, "flavor", *flavor)
 		return nil
 	}
-	for _, addr := range strings.Split(*listen, ",") {
+	for _, addr := range splitList(*listen) {
 		if err := serve(addr, srv.Handler()); err != nil {
 			log.Error("start", "err", err)
 			stop()
 			_ = g.Wait()
 			return 1
 		}
+	}
+	for _, addr := range splitList(*dns) {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			log.Error("start", "err", fmt.Errorf("listening for DNS on %s: %w", addr, err))
+			stop()
+			_ = g.Wait()
+			return 1
+		}
+		g.Go(func() error {
+			<-ctx.Done()
+			return pc.Close()
+		})
+		g.Go(func() error { return srv.ServeDNS(pc) })
+		log.Info("serving DNS", "addr", addr)
 	}
 	if err := serve(*control, srv.ControlHandler()); err != nil {
 		log.Error("start", "err", err)
@@ -81,4 +104,28 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+func splitList(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
+}
+
+func parseQuirks(s string) (fakecloud.Quirks, error) {
+	var q fakecloud.Quirks
+	for _, name := range splitList(s) {
+		switch name {
+		case "honour-range":
+			q.HonourRange = true
+		case "honour-if-none-match":
+			q.HonourIfNoneMatch = true
+		case "dns-silent":
+			q.DNSSilent = true
+		default:
+			return q, fmt.Errorf("unknown quirk %q", name)
+		}
+	}
+	return q, nil
 }

@@ -10,9 +10,6 @@ import (
 	"os"
 	"strings"
 	"time"
-
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 )
 
 // result is what podclient prints.
@@ -24,115 +21,118 @@ type result struct {
 	// Role and AccessKeyID are set by aws-creds.
 	Role        string `json:"role,omitempty"`
 	AccessKeyID string `json:"access_key_id,omitempty"`
+	// Values and Errors are what the gcp- and azure- commands read, by
+	// name, and the errors of the reads that failed, by the same names.
+	Values map[string]string `json:"values,omitempty"`
+	Errors map[string]string `json:"errors,omitempty"`
+	// ElapsedMS is the command's own time, the library's retries included.
+	ElapsedMS int64 `json:"elapsed_ms"`
 }
+
+// set records one named read; OK ends false if any read failed.
+func (r *result) set(name, v string, err error) {
+	if r.Values == nil {
+		r.Values, r.Errors = map[string]string{}, map[string]string{}
+	}
+	if err != nil {
+		r.Errors[name] = err.Error()
+		if s := statusOf(err); s != 0 && r.Status == 0 {
+			r.Status = s
+		}
+		return
+	}
+	r.Values[name] = v
+}
+
+func (r *result) finish() result {
+	r.OK = len(r.Errors) == 0
+	return *r
+}
+
+// command runs one subcommand with its own arguments.
+type command func(ctx context.Context, g globals, args []string) (result, error)
+
+type globals struct {
+	endpoint   string
+	noFallback bool
+}
+
+var commands = map[string]command{
+	"aws-get":       awsGet,
+	"aws-dynamic":   awsDynamic,
+	"aws-userdata":  awsUserData,
+	"aws-region":    awsRegion,
+	"aws-creds":     awsCreds,
+	"gcp-facts":     gcpFacts,
+	"gcp-get":       gcpGet,
+	"gcp-token":     gcpToken,
+	"gcp-subscribe": gcpSubscribe,
+	"azure-token":   azureToken,
+}
+
+const usage = `usage: podclient [-endpoint URL] [-no-fallback] [-timeout D] COMMAND [ARGS]
+  aws-get PATH | aws-dynamic PATH | aws-userdata | aws-region | aws-creds
+  gcp-facts | gcp-get SUFFIX... | gcp-token [-scope S] | gcp-subscribe SUFFIX
+  azure-token [-client-id ID | -object-id ID | -resource-id ID] [-dac] [-max-retries N] [-retry-delay D] [-max-retry-delay D] RESOURCE`
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout)) }
 
 func run(argv []string, stdout io.Writer) int {
 	fs := flag.NewFlagSet("podclient", flag.ContinueOnError)
-	endpoint := fs.String("endpoint", "", "IMDS endpoint URL (default: the SDK's, http://169.254.169.254)")
-	noFallback := fs.Bool("no-fallback", false, "fail instead of falling back to IMDSv1 when no token can be had")
+	var g globals
+	fs.StringVar(&g.endpoint, "endpoint", "", "AWS IMDS endpoint URL (default: the SDK's, http://169.254.169.254)")
+	fs.BoolVar(&g.noFallback, "no-fallback", false, "AWS: fail instead of falling back to IMDSv1 when no token can be had")
 	timeout := fs.Duration("timeout", 10*time.Second, "overall deadline")
 	if err := fs.Parse(argv); err != nil || fs.NArg() == 0 {
-		fmt.Fprintln(os.Stderr, "usage: podclient [-endpoint URL] [-no-fallback] aws-get PATH | aws-dynamic PATH | aws-userdata | aws-region | aws-creds")
+		fmt.Fprintln(os.Stderr, usage)
 		return 2
 	}
-	opts := imds.Options{Endpoint: *endpoint}
-	if *noFallback {
-		opts.EnableFallback = aws.FalseTernary
+	cmd, ok := commands[fs.Arg(0)]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "podclient: unknown command %q\n%s\n", fs.Arg(0), usage)
+		return 2
 	}
-	client := imds.New(opts)
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-
-	args := fs.Args()
-	var res result
-	switch {
-	case args[0] == "aws-get" && len(args) == 2:
-		res = content(client.GetMetadata(ctx, &imds.GetMetadataInput{Path: args[1]}))
-	case args[0] == "aws-dynamic" && len(args) == 2:
-		out, err := client.GetDynamicData(ctx, &imds.GetDynamicDataInput{Path: args[1]})
-		if err != nil {
-			res = failure(err)
-		} else {
-			res = read(out.Content)
-		}
-	case args[0] == "aws-userdata" && len(args) == 1:
-		out, err := client.GetUserData(ctx, &imds.GetUserDataInput{})
-		if err != nil {
-			res = failure(err)
-		} else {
-			res = read(out.Content)
-		}
-	case args[0] == "aws-region" && len(args) == 1:
-		out, err := client.GetRegion(ctx, &imds.GetRegionInput{})
-		if err != nil {
-			res = failure(err)
-		} else {
-			res = result{OK: true, Body: out.Region}
-		}
-	case args[0] == "aws-creds" && len(args) == 1:
-		res = credentials(ctx, client)
-	default:
-		fmt.Fprintf(os.Stderr, "podclient: unknown command %q\n", strings.Join(args, " "))
+	start := time.Now()
+	res, err := cmd(ctx, g, fs.Args()[1:])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "podclient %s: %v\n%s\n", fs.Arg(0), err, usage)
 		return 2
 	}
+	res.ElapsedMS = time.Since(start).Milliseconds()
 	if err := json.NewEncoder(stdout).Encode(res); err != nil {
 		return 1
 	}
 	return 0
 }
 
-func content(out *imds.GetMetadataOutput, err error) result {
-	if err != nil {
-		return failure(err)
+var errUsage = errors.New("wrong arguments")
+
+func wantArgs(args []string, n int) error {
+	if len(args) != n {
+		return fmt.Errorf("%w: want %d, got %q", errUsage, n, strings.Join(args, " "))
 	}
-	return read(out.Content)
+	return nil
 }
 
-func read(rc io.ReadCloser) result {
-	defer rc.Close()
-	b, err := io.ReadAll(rc)
-	if err != nil {
-		return failure(err)
-	}
-	return result{OK: true, Body: string(b)}
-}
-
-// failure keeps the HTTP status the SDK saw, so a test can tell metaguard's
-// 403 from a connection failure.
+// failure keeps the HTTP status the library saw, so a test can tell
+// metaguard's 403 from a connection failure.
 func failure(err error) result {
-	res := result{Error: err.Error()}
+	return result{Error: err.Error(), Status: statusOf(err)}
+}
+
+// statusOf digs the HTTP status out of each library's error type.
+func statusOf(err error) int {
 	var se interface{ HTTPStatusCode() int }
 	if errors.As(err, &se) {
-		res.Status = se.HTTPStatusCode()
+		return se.HTTPStatusCode()
 	}
-	return res
+	return gcpStatus(err)
 }
 
-func credentials(ctx context.Context, client *imds.Client) result {
-	list := content(client.GetMetadata(ctx, &imds.GetMetadataInput{Path: "iam/security-credentials/"}))
-	if !list.OK {
-		return list
-	}
-	role, _, _ := strings.Cut(strings.TrimSpace(list.Body), "\n")
-	if role == "" {
-		return result{Error: "no instance role listed"}
-	}
-	doc := content(client.GetMetadata(ctx, &imds.GetMetadataInput{Path: "iam/security-credentials/" + role}))
-	if !doc.OK {
-		doc.Role = role
-		return doc
-	}
-	var creds struct {
-		Code        string
-		AccessKeyID string `json:"AccessKeyId"`
-	}
-	if err := json.Unmarshal([]byte(doc.Body), &creds); err != nil {
-		return result{Role: role, Error: fmt.Sprintf("decoding credentials: %v", err)}
-	}
-	if creds.Code != "Success" || creds.AccessKeyID == "" {
-		return result{Role: role, Error: fmt.Sprintf("credentials not usable: code %q", creds.Code)}
-	}
-	return result{OK: true, Role: role, AccessKeyID: creds.AccessKeyID}
+func parseInt32(s string) (int32, error) {
+	var v int32
+	_, err := fmt.Sscan(s, &v)
+	return v, err
 }

@@ -7,7 +7,7 @@ import (
 )
 
 func BenchmarkReadLog(b *testing.B) {
-	data := generatedBlock()
+	data := generatedBlock(b)
 	b.SetBytes(int64(len(data)))
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

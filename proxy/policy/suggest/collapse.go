@@ -9,10 +9,15 @@ import (
 // segment, as in policy patterns, so "/a/" is child "" of "/a".
 type trie struct {
 	children map[string]*trie
-	used     bool // the path ending here was requested
+	// used: the path ending here was requested, by pods, requests times.
+	used     bool
+	pods     podSet
+	requests int64
+	// anyShared: some path at or below here was used by two pods or more.
+	anyShared bool
 }
 
-func (t *trie) insert(path string) {
+func (t *trie) insert(path string, pods podSet, requests int64) {
 	n := t
 	for _, seg := range strings.Split(path[1:], "/") {
 		c := n.children[seg]
@@ -26,76 +31,141 @@ func (t *trie) insert(path string) {
 		n = c
 	}
 	n.used = true
+	n.pods = n.pods.union(pods)
+	n.requests += requests
 }
 
-// count is the number of used paths at or below t.
-func (t *trie) count() int {
-	n := 0
-	if t.used {
-		n++
-	}
+func (t *trie) sharedHere() bool { return t.used && t.pods.shared() }
+
+// mark sets anyShared at and below t.
+func (t *trie) mark() bool {
+	t.anyShared = t.sharedHere()
 	for _, c := range t.children {
-		n += c.count()
+		if c.mark() {
+			t.anyShared = true
+		}
 	}
-	return n
+	return t.anyShared
 }
 
-// covered is a pattern of the suggested policy and how many used paths it
-// stands for: 1 for a literal path, more for a collapsed family.
+// sharedBelow reports whether a path strictly below t was used by two pods.
+func (t *trie) sharedBelow() bool {
+	for _, c := range t.children {
+		if c.anyShared {
+			return true
+		}
+	}
+	return false
+}
+
+// covered is a pattern of the suggested policy and what it stands for: one
+// used path for a literal, more for a collapsed family, and the pods
+// behind them.
 type covered struct {
-	pattern string
-	paths   int
+	pattern  string
+	paths    int
+	pods     podSet
+	requests int64
 }
 
-// collapse returns patterns that match every path in t. A directory with
-// at least threshold distinct used children becomes dir/* when they are
-// all leaves, dir/** otherwise, but only where mayWiden(dir) says nothing
-// below dir can be a credential path. The root is never collapsed: "/*" or
-// "/**" says nothing about what a workload does, and for AWS the first
-// segment is the API version, which is kept as used.
+func (c *covered) add(n *trie) {
+	if n.used {
+		c.paths++
+		c.pods = c.pods.union(n.pods)
+		c.requests += n.requests
+	}
+}
+
+func (c *covered) addAll(n *trie) {
+	c.add(n)
+	for _, ch := range n.children {
+		c.addAll(ch)
+	}
+}
+
+// collapse returns patterns that match every path in t. A pattern is only
+// made from paths that two pods or more used, so no single pod can widen
+// what its group gets by what it requests: a directory with at least
+// threshold distinct children that hold such paths becomes dir/* when
+// those children are shared paths with no shared path below them, dir/**
+// otherwise; and only where mayWiden(dir) says nothing below dir can be a
+// credential path. What one pod alone used under dir/* deeper than one
+// segment stays literal. The root is never collapsed: "/*" or "/**" says
+// nothing about what a workload does, and for AWS the first segment is the
+// API version, which is kept as used.
 func collapse(t *trie, threshold int, mayWiden func(dir string) bool) []covered {
+	t.mark()
 	var out []covered
+	var literals func(n *trie, path string)
+	literals = func(n *trie, path string) {
+		if n.used {
+			out = append(out, covered{pattern: path, paths: 1, pods: n.pods, requests: n.requests})
+		}
+		for seg, c := range n.children {
+			literals(c, path+"/"+seg)
+		}
+	}
 	var walk func(n *trie, dir string, depth int)
 	walk = func(n *trie, dir string, depth int) {
 		named := make([]string, 0, len(n.children))
-		for seg := range n.children {
+		shared := 0
+		for seg, c := range n.children {
 			if seg != "" {
 				named = append(named, seg)
+				if c.anyShared {
+					shared++
+				}
 			}
 		}
 		sort.Strings(named)
-		if depth > 0 && threshold > 0 && len(named) >= threshold && mayWiden(dir) {
-			allLeaves := true
+		if depth > 0 && threshold > 0 && shared >= threshold && mayWiden(dir) {
+			star := true
 			for _, seg := range named {
-				c := n.children[seg]
-				allLeaves = allLeaves && c.used && len(c.children) == 0
+				if c := n.children[seg]; c.anyShared && (!c.sharedHere() || c.sharedBelow()) {
+					star = false
+				}
 			}
-			if !allLeaves {
-				out = append(out, covered{dir + "/**", n.count()})
+			if !star {
+				c := covered{pattern: dir + "/**"}
+				c.addAll(n)
+				out = append(out, c)
 				return
 			}
-			// "*" matches one non-empty segment: neither dir itself nor
-			// its listing dir/, so those stay literal.
+			// "*" matches one non-empty segment: neither dir itself, nor
+			// its listing dir/, nor anything deeper, so those stay
+			// literal.
 			if n.used {
-				out = append(out, covered{dir, 1})
+				out = append(out, covered{pattern: dir, paths: 1, pods: n.pods, requests: n.requests})
 			}
-			if _, ok := n.children[""]; ok {
-				out = append(out, covered{dir + "/", 1})
+			if l := n.children[""]; l != nil {
+				literals(l, dir+"/")
 			}
-			out = append(out, covered{dir + "/*", len(named)})
+			star1 := covered{pattern: dir + "/*"}
+			for _, seg := range named {
+				c := n.children[seg]
+				star1.add(c)
+				for gseg, gc := range c.children {
+					literals(gc, dir+"/"+seg+"/"+gseg)
+				}
+			}
+			out = append(out, star1)
 			return
 		}
 		if n.used && depth > 0 {
-			out = append(out, covered{dir, 1})
+			out = append(out, covered{pattern: dir, paths: 1, pods: n.pods, requests: n.requests})
 		}
-		if _, ok := n.children[""]; ok {
-			out = append(out, covered{dir + "/", 1})
+		if l := n.children[""]; l != nil {
+			literals(l, dir+"/")
 		}
 		for _, seg := range named {
 			walk(n.children[seg], dir+"/"+seg, depth+1)
 		}
 	}
 	walk(t, "", 0)
-	sort.Slice(out, func(i, j int) bool { return out[i].pattern < out[j].pattern })
+	sortCovered(out)
 	return out
+}
+
+func sortCovered(c []covered) {
+	sort.Slice(c, func(i, j int) bool { return c[i].pattern < c[j].pattern })
 }

@@ -12,11 +12,21 @@ func TestCollapse(t *testing.T) {
 	always := func(string) bool { return true }
 	tests := []struct {
 		name      string
-		paths     []string
+		paths     []string // used by two pods each; "1:" in front: by one pod
 		threshold int
 		mayWiden  func(string) bool
 		want      []string
 	}{
+		{"paths one pod used never become a pattern", []string{"1:/a/b/1", "1:/a/b/2", "1:/a/b/3", "1:/a/b/4", "1:/a/b/5/x"}, 2, always,
+			[]string{"/a/b/1", "/a/b/2", "/a/b/3", "/a/b/4", "/a/b/5/x"}},
+		{"only siblings two pods used count towards the threshold", []string{"/a/b/1", "/a/b/2", "/a/b/3", "1:/a/b/4", "1:/a/b/5"}, 4, always,
+			[]string{"/a/b/1", "/a/b/2", "/a/b/3", "/a/b/4", "/a/b/5"}},
+		{"a star made of shared siblings covers one pod's sibling too", []string{"/a/b/1", "/a/b/2", "1:/a/b/3"}, 2, always,
+			[]string{"/a/b/*=3"}},
+		{"what one pod used deeper than a star stays literal", []string{"/a/b/1", "/a/b/2", "1:/a/b/1/x", "1:/a/b/3/y/z", "1:/a/b/3/"}, 2, always,
+			[]string{"/a/b/*=2", "/a/b/1/x", "/a/b/3/", "/a/b/3/y/z"}},
+		{"a double star needs shared paths below the siblings", []string{"/a/b/1/x", "/a/b/2", "1:/a/b/3/y"}, 2, always,
+			[]string{"/a/b/**=3"}},
 		{"fewer siblings than the threshold stay literal", []string{"/a/b/1", "/a/b/2", "/a/b/3"}, 4, always,
 			[]string{"/a/b/1", "/a/b/2", "/a/b/3"}},
 		{"enough leaf siblings become one star", []string{"/a/b/1", "/a/b/2", "/a/b/3", "/a/b/4"}, 4, always,
@@ -44,7 +54,11 @@ func TestCollapse(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var tr trie
 			for _, p := range tt.paths {
-				tr.insert(p)
+				if one, ok := strings.CutPrefix(p, "1:"); ok {
+					tr.insert(one, podSet{7}, 1)
+				} else {
+					tr.insert(p, podSet{1, 2}, 2)
+				}
 			}
 			var got []string
 			for _, c := range collapse(&tr, tt.threshold, tt.mayWiden) {
@@ -88,7 +102,7 @@ func TestCollapseNeverWidensIntoTheCredentialClass(t *testing.T) {
 			ep, _ := pol.EndpointByName(tt.endpoint)
 			var tr trie
 			for _, p := range tt.paths {
-				tr.insert(p)
+				tr.insert(p, podSet{1, 2}, 2)
 			}
 			out := collapse(&tr, 1, func(dir string) bool { return !ep.IsCredential(dir) && !listsCredentials(pol, ep, dir) })
 			var patterns []string

@@ -3,12 +3,14 @@ package suggest
 import (
 	"bytes"
 	"context"
-	"encoding/json"
+	"net/netip"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"metaguard.dev/metaguard/identity"
+	"metaguard.dev/metaguard/proxy/audit"
 	"metaguard.dev/metaguard/proxy/policy"
 )
 
@@ -26,49 +28,42 @@ func (p pod) identity() identity.Identity {
 	}
 }
 
-// call is one request a pod made.
+// call is one request a pod made. status is the upstream's answer when the
+// request is forwarded; zero means 200.
 type call struct {
 	pod       pod
 	endpoint  string
 	method    string
 	path      string
 	queryKeys []string
+	status    int
+	// oldProxy logs the call as a proxy did before audit mode stopped
+	// forwarding credential reads: forwarded, audit-deny.
+	oldProxy bool
 }
 
-// record is an audit line with the fields proxy/audit.go writes.
-type record struct {
-	Time           string            `json:"time"`
-	SrcIP          string            `json:"src_ip"`
-	Pod            string            `json:"pod"`
-	Namespace      string            `json:"namespace"`
-	PodUID         string            `json:"pod_uid"`
-	ServiceAccount string            `json:"service_account"`
-	Labels         map[string]string `json:"labels"`
-	Endpoint       string            `json:"endpoint"`
-	Method         string            `json:"method"`
-	Path           string            `json:"path"`
-	QueryKeys      []string          `json:"query_keys"`
-	Decision       string            `json:"decision"`
-	Rule           string            `json:"rule"`
-	Reason         string            `json:"reason"`
-	Status         int               `json:"status"`
-	Bytes          int64             `json:"bytes"`
-	DurationMS     float64           `json:"duration_ms"`
-}
-
+// query gives each key a value; client_id is the identity azureConfig
+// pins, so a billing pod asks for the identity its rule grants.
 func query(keys []string) url.Values {
 	q := url.Values{}
 	for _, k := range keys {
 		q.Set(k, "x")
 	}
+	if q.Has("client_id") {
+		q.Set("client_id", "00000000-0000-0000-0000-000000000001")
+	}
 	return q
 }
 
+// logT0 is when synthetic logs start; each line is a second after the last.
+var logT0 = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
 // logOf writes the audit log the proxy would write for calls under pol:
-// each call is decided by the policy in force, as the proxy decides it.
-func logOf(t *testing.T, pol *policy.Policy, calls []call) []byte {
+// each call is decided by the policy in force, as the proxy decides it, and
+// written by the proxy's own audit writer.
+func logOf(t testing.TB, pol *policy.Policy, calls []call) []byte {
 	t.Helper()
-	var b bytes.Buffer
+	var recs []audit.Record
 	for _, c := range calls {
 		ep, ok := pol.EndpointByName(c.endpoint)
 		if !ok {
@@ -76,34 +71,44 @@ func logOf(t *testing.T, pol *policy.Policy, calls []call) []byte {
 		}
 		id := c.pod.identity()
 		d := pol.Decide(id, policy.Request{Endpoint: ep, Method: c.method, Path: c.path, Query: query(c.queryKeys)})
-		status := 200
-		if !d.Forwarded() {
-			status = 403
+		if c.oldProxy && d.Reason == audit.ReasonCredentialPath && pol.Mode == policy.ModeAudit {
+			d.Audit, d.Reason = true, audit.ReasonNotAllowed
 		}
-		writeRecord(t, &b, record{
+		status := c.status
+		switch {
+		case !d.Forwarded():
+			status = 403
+		case status == 0:
+			status = 200
+		}
+		recs = append(recs, audit.Record{
 			Pod: id.Name, Namespace: id.Namespace, PodUID: id.UID, ServiceAccount: id.ServiceAccount, Labels: id.Labels,
 			Endpoint: c.endpoint, Method: c.method, Path: c.path, QueryKeys: c.queryKeys,
-			Decision: d.Label().String(), Rule: d.Rule, Reason: d.Reason.String(), Status: status,
+			Decision: d.Label(), Rule: d.Rule, Reason: d.Reason, Status: status,
 		})
 	}
-	return b.Bytes()
+	return writeLog(t, recs...)
 }
 
-func writeRecord(t *testing.T, b *bytes.Buffer, r record) {
+// writeLog writes records as the proxy's audit writer does.
+func writeLog(t testing.TB, recs ...audit.Record) []byte {
 	t.Helper()
-	r.Time, r.SrcIP, r.Bytes, r.DurationMS = "2025-01-01T00:00:00Z", "10.0.0.7", 12, 0.4
-	if r.Labels == nil {
-		r.Labels = map[string]string{}
-	}
-	if r.QueryKeys == nil {
-		r.QueryKeys = []string{}
-	}
-	line, err := json.Marshal(r)
+	var b bytes.Buffer
+	w, err := audit.NewWriter(&b, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.Write(line)
-	b.WriteByte('\n')
+	for i, r := range recs {
+		if r.Time.IsZero() {
+			r.Time = logT0.Add(time.Duration(i) * time.Second)
+		}
+		if !r.SrcIP.IsValid() {
+			r.SrcIP = netip.MustParseAddr("10.0.0.7")
+		}
+		r.Bytes, r.Duration = 12, 400*time.Microsecond
+		w.Write(context.Background(), &r)
+	}
+	return b.Bytes()
 }
 
 func mustParse(t *testing.T, src string) *policy.Policy {
@@ -155,6 +160,16 @@ func gets(p pod, endpoint string, paths ...string) []call {
 	out := make([]call, len(paths))
 	for i, path := range paths {
 		out[i] = call{pod: p, endpoint: endpoint, method: "GET", path: path}
+	}
+	return out
+}
+
+// byEach makes calls of every pod: a path used by two pods or more is one a
+// pattern may stand for.
+func byEach(pods []pod, f func(pod) []call) []call {
+	var out []call
+	for _, p := range pods {
+		out = append(out, f(p)...)
 	}
 	return out
 }

@@ -33,7 +33,7 @@ func TestPolicyOutput(t *testing.T) {
 			[]string{"\nmode: enforce\n"}, nil},
 		{"a log with no usable line denies everything", awsConfig, labelBy("app"),
 			func() []byte { return deniedLines(t, "aws") },
-			[]string{"rules: [] # no request of an identified pod was seen"}, nil},
+			[]string{"rules: [] # no served request of an identified pod was seen"}, nil},
 		{"label values that read as other YAML types are quoted", awsConfig, labelBy("app"),
 			func() []byte {
 				return logOf(t, aws, append(
@@ -58,7 +58,7 @@ func TestPolicyOutput(t *testing.T) {
 			[]string{"- name: shop\n", "every pod in namespace shop"}, []string{"podSelector", "serviceAccounts"}},
 		{"grouping by service account selects the account in its namespace", awsConfig, Options{GroupBy: GroupBy{Kind: ByServiceAccount}},
 			func() []byte { return logOf(t, aws, gets(web1, "aws", "/latest/meta-data/instance-id")) },
-			[]string{"- name: shop-sa-web\n", "serviceAccounts: [web]", "kubernetes.io/metadata.name: shop"}, []string{"podSelector"}},
+			[]string{"- name: shop-sa-web\n", "serviceAccounts: [shop/web]", "kubernetes.io/metadata.name: shop"}, []string{"podSelector"}},
 		{"aliases in the policy in force are resolved when copied", `apiVersion: metaguard.dev/v1alpha1
 kind: Policy
 endpoints: [{name: aws, address: "169.254.169.254:80", flavor: aws}]
@@ -162,26 +162,39 @@ rules:
   - name: other-path
     allow: [{paths: ["/metadata/identity/other"], query: {client_id: ["x"]}}]
 `
+	const onlyIdentityConfig = `apiVersion: metaguard.dev/v1alpha1
+kind: Policy
+mode: audit
+endpoints: [{name: azure, address: "169.254.169.254:80", flavor: azure}]
+rules:
+  - name: billing-identity
+    podSelector: {matchLabels: {app: billing}}
+    allow: [{paths: ["/metadata/identity/oauth2/token"]}]
+    credentials: allow
+`
 	token := func(keys ...string) call {
 		return call{pod: billing, endpoint: "azure", method: "GET", path: "/metadata/identity/oauth2/token", queryKeys: keys}
 	}
+	granted := labelBy("app")
+	granted.GrantCredentials = []string{"payments-billing"}
 	tests := []struct {
 		name    string
 		config  string
+		opts    Options
 		calls   []call
 		has     []string
 		warning bool
 	}{
-		{"a token chosen by client_id quotes the pin of the policy in force", azureConfig, []call{token("api-version", "client_id", "resource")},
+		{"a token chosen by client_id quotes the pin of the policy in force", azureConfig, labelBy("app"), []call{token("api-version", "client_id", "resource")},
 			[]string{"chooses a managed identity by client_id", `The policy in force pins it in rule billing-identity: query: {client_id: ["00000000-0000-0000-0000-000000000001"]}`}, true},
-		{"a pin on another path is not quoted", unpinnedConfig, []call{token("api-version", "msi_res_id", "resource")},
+		{"a granted token chosen by another key is flagged, and a pin on another path is not quoted", unpinnedConfig, granted, []call{token("api-version", "msi_res_id", "resource")},
 			[]string{"chooses a managed identity by msi_res_id"}, true},
-		{"a token of the only identity needs no pin", azureConfig, []call{token("api-version", "resource")},
-			[]string{"GET /metadata/identity/oauth2/token (query keys: api-version, resource)"}, false},
+		{"a token of the only identity needs no pin", onlyIdentityConfig, labelBy("app"), []call{token("api-version", "resource")},
+			[]string{"GET /metadata/identity/oauth2/token by pod billing-1: the policy in force granted it (query keys: api-version, resource)"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, sug, _ := suggestFrom(t, tt.config, labelBy("app"), logOf(t, mustParse(t, tt.config), tt.calls))
+			_, sug, _ := suggestFrom(t, tt.config, tt.opts, logOf(t, mustParse(t, tt.config), tt.calls))
 			for _, s := range tt.has {
 				if !bytes.Contains(sug.YAML, []byte(s)) {
 					t.Errorf("output lacks %q:\n%s", s, sug.YAML)

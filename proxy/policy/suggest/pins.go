@@ -12,12 +12,6 @@ import (
 	"metaguard.dev/metaguard/proxy/policy"
 )
 
-// identityQueryKeys pick which Azure managed identity a token is for. The
-// audit log never holds query values, so the suggestion cannot pin them;
-// it asks the reviewer to, quoting the pin of the policy in force if it
-// has one.
-var identityQueryKeys = []string{"client_id", "object_id", "msi_res_id", "mi_res_id"}
-
 // pinnedEntry is an allow entry of the policy in force that constrains a
 // query key choosing an identity.
 type pinnedEntry struct {
@@ -28,9 +22,12 @@ type pinnedEntry struct {
 }
 
 // pinnedEntries reads the entries with identity pins from the policy in
-// force. Rules are not exported by package policy, so they are read from
-// the document; Parse has already validated it.
-func pinnedEntries(config []byte) []pinnedEntry {
+// force: entries constraining one of keys (the endpoints' IdentityKeys,
+// which pick a managed identity; the audit log never holds query values,
+// so the suggestion cannot pin them and quotes these for the reviewer).
+// Rules are not exported by package policy, so they are read from the
+// document; Parse has already validated it.
+func pinnedEntries(config []byte, keys []string) []pinnedEntry {
 	var doc struct {
 		Rules []struct {
 			Name      string   `yaml:"name"`
@@ -48,7 +45,7 @@ func pinnedEntries(config []byte) []pinnedEntry {
 	for _, r := range doc.Rules {
 		for _, a := range r.Allow {
 			q := map[string][]string{}
-			for _, k := range identityQueryKeys {
+			for _, k := range keys {
 				if v, ok := a.Query[k]; ok {
 					q[k] = v
 				}

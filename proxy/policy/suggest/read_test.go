@@ -7,6 +7,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 func gzipped(t *testing.T, data []byte) []byte {
@@ -69,28 +71,45 @@ func reverseLines(b []byte) []byte {
 func TestReadLogCountsWhatItSkips(t *testing.T) {
 	in := mustParse(t, awsConfig)
 	good := logOf(t, in, gets(web1, "aws", "/latest/meta-data/instance-id"))
-	long := `{"decision":"allow","path":"/` + strings.Repeat("a", maxLine) + `"}`
+	long := `{"decision":"allow","path":"/` + strings.Repeat("a", audit.MaxLineBytes) + `"}`
+	line := func(r audit.Record) string {
+		if r.Pod == "" {
+			r.Pod, r.Namespace, r.ServiceAccount = "web-1", "shop", "web"
+		}
+		if r.Endpoint == "" {
+			r.Endpoint, r.Method = "aws", "GET"
+		}
+		return string(writeLog(t, r))
+	}
 	tests := []struct {
 		name  string
 		lines string
 		want  Stats
 		first string
 	}{
-		{"a line that is not JSON is malformed", "this is not json\n", Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, "log0:1: not a JSON object"},
+		{"a line that is not JSON is malformed", "this is not json\n", Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, "log0:1: audit line: invalid character"},
 		{"an operational log line is counted as another log's", `{"time":"2025-01-01T00:00:00Z","level":"INFO","msg":"policy loaded","generation":2}` + "\n", Stats{Lines: 2, Used: 1, Other: 1, Groups: 1}, ""},
 		{"a line longer than the limit is skipped whole", long + "\n", Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, "longer than"},
 		{"an unknown decision is malformed", `{"decision":"maybe"}` + "\n", Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, `unknown decision "maybe"`},
-		{"a non-canonical path is malformed", `{"decision":"allow","namespace":"shop","service_account":"web","endpoint":"aws","method":"GET","path":"/latest/../x"}` + "\n",
+		{"a non-canonical path is malformed", line(audit.Record{Path: "/latest/../x", Decision: audit.DecisionAllow, Reason: audit.ReasonAllowed, Status: 200}),
 			Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, "dot segment"},
-		{"a method the endpoint never serves is malformed", `{"decision":"allow","namespace":"shop","service_account":"web","endpoint":"aws","method":"DELETE","path":"/x"}` + "\n",
-			Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, `method "DELETE"`},
-		{"a pod without a service account cannot be grouped", `{"decision":"allow","namespace":"shop","endpoint":"aws","method":"GET","path":"/x"}` + "\n",
+		{"a method the endpoint never serves is malformed", line(audit.Record{Endpoint: "aws", Method: "DELETE", Path: "/x", Decision: audit.DecisionAllow, Reason: audit.ReasonAllowed, Status: 200}),
+			Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, `method DELETE`},
+		{"a policy decision naming no pod is malformed", `{"decision":"allow","reason":"allowed","endpoint":"aws","method":"GET","path":"/x","status":200}` + "\n",
+			Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, "names no pod"},
+		{"a pod without a service account cannot be grouped", `{"decision":"allow","reason":"allowed","pod":"p","namespace":"shop","endpoint":"aws","method":"GET","path":"/x","status":200}` + "\n",
 			Stats{Lines: 2, Used: 1, Malformed: 1, Groups: 1}, "no service_account"},
-		{"deny lines are counted, not used", `{"decision":"deny","reason":"not-allowed-by-rules","namespace":"shop","service_account":"web","endpoint":"aws","method":"GET","path":"/x"}` + "\n",
+		{"deny lines are counted, not used", line(audit.Record{Path: "/x", Decision: audit.DecisionDeny, Reason: audit.ReasonNotAllowed, Status: 403}),
 			Stats{Lines: 2, Used: 1, Denied: 1, Groups: 1}, ""},
-		{"forwarded lines of unknown pods are counted, not used", `{"decision":"audit-deny","reason":"unknown-pod","endpoint":"aws","method":"GET","path":"/x"}` + "\n",
-			Stats{Lines: 2, Used: 1, Unidentified: 1, Groups: 1}, ""},
-		{"lines of an endpoint the policy lacks are counted, not used", `{"decision":"allow","namespace":"shop","service_account":"web","endpoint":"gone","method":"GET","path":"/x"}` + "\n",
+		{"lines the proxy decided are counted, not used", line(audit.Record{Path: "/x", Decision: audit.DecisionDeny, Reason: audit.ReasonRateLimited, Status: 429}),
+			Stats{Lines: 2, Used: 1, ByProxy: 1, Groups: 1}, ""},
+		{"lines of a reason this version does not know are the proxy's", line(audit.Record{Path: "/x", Decision: audit.DecisionAllow, Reason: audit.ParseReason("decided-by-a-newer-proxy"), Status: 200}),
+			Stats{Lines: 2, Used: 1, ByProxy: 1, Groups: 1}, ""},
+		{"a forwarded request answered 404 is not a use", line(audit.Record{Path: "/latest/meta-data/made-up", Decision: audit.DecisionAuditDeny, Reason: audit.ReasonNotAllowed, Status: 404}),
+			Stats{Lines: 2, Used: 1, NotServed: 1, Groups: 1}, ""},
+		{"a credential request audit mode refused is for review", line(audit.Record{Path: "/latest/user-data", Decision: audit.DecisionDeny, Reason: audit.ReasonCredentialPath, Status: 403}),
+			Stats{Lines: 2, Used: 1, Review: 1, Groups: 2}, ""},
+		{"lines of an endpoint the policy lacks are counted, not used", line(audit.Record{Endpoint: "gone", Method: "GET", Path: "/x", Decision: audit.DecisionAllow, Reason: audit.ReasonAllowed, Status: 200}),
 			Stats{Lines: 2, Used: 1, UnknownEndpoint: 1, Groups: 1}, ""},
 	}
 	for _, tt := range tests {

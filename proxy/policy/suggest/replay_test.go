@@ -2,12 +2,12 @@ package suggest
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
 
+	"metaguard.dev/metaguard/proxy/audit"
 	"metaguard.dev/metaguard/proxy/policy"
 )
 
@@ -29,16 +29,18 @@ var groupings = []grouping{
 
 // TestSuggestedPolicyReplaysTheLog is the promise of the command: replayed
 // against the log it was made from, the suggested policy forwards every
-// request that was forwarded (allow, strip, audit-deny), and opens nothing
-// in the credential class to a group beyond the credential paths that
-// group read.
+// request that was forwarded and served (allow, strip, audit-deny; 2xx, or
+// 304 on GCP), refuses what was only forwarded and never served unless
+// its group was served the path too, and opens nothing in the credential
+// class to a group beyond the credential paths the policy in force
+// granted it.
 func TestSuggestedPolicyReplaysTheLog(t *testing.T) {
 	for _, sc := range scenarios {
 		for _, g := range groupings {
 			for _, th := range []int{0, 2, DefaultCollapseThreshold} {
 				opts := g.opts
 				opts.CollapseThreshold = th
-				name := fmt.Sprintf("%s grouped by %s collapsing at %d allows every used request and no other credential", sc.name, opts.GroupBy, th)
+				name := fmt.Sprintf("%s grouped by %s collapsing at %d allows every served request and no other credential", sc.name, opts.GroupBy, th)
 				t.Run(name, func(t *testing.T) {
 					in := mustParse(t, sc.config)
 					log := logOf(t, in, sc.calls)
@@ -57,18 +59,23 @@ func replay(t *testing.T, sc scenario, g grouping, log []byte, sug Suggestion, o
 	for _, c := range sc.calls {
 		podByName[c.pod.name] = c.pod
 	}
+	recs, err := audit.ReadAll(bytes.NewReader(log))
+	if err != nil {
+		t.Fatal(err)
+	}
 	used := map[string]map[[2]string]bool{}
 	credRules := map[string]bool{} // rules that decided a used credential request
-	for _, line := range bytes.Split(bytes.TrimSpace(log), []byte("\n")) {
-		var r record
-		if err := json.Unmarshal(line, &r); err != nil {
-			t.Fatal(err)
+	var unserved []audit.Record
+	for _, r := range recs {
+		ep, _ := out.EndpointByName(r.Endpoint)
+		if !r.Decision.Forwarded() {
+			continue
 		}
-		if r.Decision == "deny" {
+		if !served(ep, r.Status) {
+			unserved = append(unserved, r)
 			continue
 		}
 		p := podByName[r.Pod]
-		ep, _ := out.EndpointByName(r.Endpoint)
 		x := out.Explain(p.identity(), policy.Request{Endpoint: ep, Method: r.Method, Path: r.Path, Query: query(r.QueryKeys)})
 		if x.Decision.Action == policy.Deny {
 			t.Errorf("%s %s %s on %s was %s in the log but the suggestion denies it: %s\n%s", p.name, r.Method, r.Path, r.Endpoint, r.Decision, x.Why, sug.YAML)
@@ -82,6 +89,16 @@ func replay(t *testing.T, sc scenario, g grouping, log []byte, sug Suggestion, o
 		}
 		used[k][[2]string{r.Endpoint, r.Path}] = true
 	}
+	for _, r := range unserved {
+		p := podByName[r.Pod]
+		ep, _ := out.EndpointByName(r.Endpoint)
+		if used[g.groupOf(p)][[2]string{r.Endpoint, r.Path}] {
+			continue
+		}
+		if d := out.Decide(p.identity(), policy.Request{Endpoint: ep, Method: r.Method, Path: r.Path, Query: query(r.QueryKeys)}); d.Action != policy.Deny {
+			t.Errorf("%s %s %s on %s was answered %d, never served, but the suggestion allows it\n%s", p.name, r.Method, r.Path, r.Endpoint, r.Status, sug.YAML)
+		}
+	}
 
 	for _, p := range podByName {
 		for _, probe := range sc.probes {
@@ -91,10 +108,10 @@ func replay(t *testing.T, sc scenario, g grouping, log []byte, sug Suggestion, o
 				t.Errorf("%s GET %s on %s: %s (%s), want allowed=%v\n%s", p.name, probe[1], probe[0], d.Label(), d.Reason, want, sug.YAML)
 			}
 		}
-		for _, leak := range []string{"/leak/one", "/leak/two", "/leak/three", "/leak/four"} {
+		for _, leak := range []string{"/leak/one", "/leak/two", "/leak/three", "/leak/four", "/leak/five", "/leak/six"} {
 			ep := out.Endpoints()[0]
 			if d := out.Decide(p.identity(), policy.Request{Endpoint: ep, Method: "GET", Path: leak}); d.Action != policy.Deny {
-				t.Errorf("%s GET %s: %s; a refused or unattributed request became a rule", p.name, leak, d.Label())
+				t.Errorf("%s GET %s: %s; a refused, unserved or proxy-decided request became a rule", p.name, leak, d.Label())
 			}
 		}
 	}

@@ -15,12 +15,28 @@ type ruleOut struct {
 	group       *group
 	endpoints   []string // endpoints it is limited to; nil when the policy has one
 	credentials bool
-	entries     []entry
-	notes       []string // what the credential rule reads, for the reviewer
+	// granted: the operator granted the group's reviewed credential
+	// requests (Options.GrantCredentials), and they are in this rule.
+	granted bool
+	entries []entry
+	notes   []string // what the credential rule reads, for the reviewer
 	// unpinned are credential paths whose identity was chosen by query
 	// values the log does not hold: the reviewer must pin them.
 	unpinned []string
 	name     string
+}
+
+// pods and requests sum up the rule's paths, for its comment.
+func (r *ruleOut) pods() (podSet, int64) {
+	var pods podSet
+	var n int64
+	for _, e := range r.entries {
+		for _, c := range e.paths {
+			pods = pods.union(c.pods)
+			n += c.requests
+		}
+	}
+	return pods, n
 }
 
 // entry is one allow entry: a method set and the patterns it allows.
@@ -32,31 +48,12 @@ type entry struct {
 // rules turns what each group used into rules, in a stable order: groups
 // sorted by namespace, kind and value; for each, its rule without
 // credentials first, then the one that says credentials: allow.
-func (s *Suggester) rules() []*ruleOut {
-	keys := make([]groupKey, 0, len(s.groups))
-	for k := range s.groups {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool {
-		a, b := keys[i], keys[j]
-		if a.namespace != b.namespace {
-			return a.namespace < b.namespace
-		}
-		if a.kind != b.kind {
-			return a.kind < b.kind
-		}
-		return a.value < b.value
-	})
+func (s *Suggester) rules(names map[*group]string, grant map[string]bool) []*ruleOut {
 	var out []*ruleOut
-	for _, k := range keys {
-		g := s.groups[k]
+	for _, g := range s.sortedGroups() {
 		var plain, creds []*ruleOut
 		for _, ep := range s.pol.Endpoints() {
-			paths := g.endpoints[ep.Name]
-			if paths == nil {
-				continue
-			}
-			p, c := s.endpointRules(g, ep, paths)
+			p, c := s.endpointRules(g, ep, grant[names[g]])
 			if p != nil {
 				plain = append(plain, p)
 			}
@@ -68,7 +65,25 @@ func (s *Suggester) rules() []*ruleOut {
 		out = append(out, plain...)
 		out = append(out, creds...)
 	}
-	s.name(out)
+	s.name(out, names)
+	return out
+}
+
+func (s *Suggester) sortedGroups() []*group {
+	out := make([]*group, 0, len(s.groups))
+	for _, g := range s.groups {
+		out = append(out, g)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].key, out[j].key
+		if a.namespace != b.namespace {
+			return a.namespace < b.namespace
+		}
+		if a.kind != b.kind {
+			return a.kind < b.kind
+		}
+		return a.value < b.value
+	})
 	return out
 }
 
@@ -77,64 +92,100 @@ func (s *Suggester) rules() []*ruleOut {
 // paths, always literal, in a rule of their own. Keeping them apart means
 // credentials: allow opens only the credential paths the group read:
 // listings the group reads (meta-data/, recursive dumps) are still
-// stripped of every other credential entry.
-func (s *Suggester) endpointRules(g *group, ep *policy.Endpoint, paths map[string]*pathUse) (plain, creds *ruleOut) {
+// stripped of every other credential entry. The credential paths are those
+// the policy in force granted and, when the operator grants the group its
+// reviewed requests, those.
+func (s *Suggester) endpointRules(g *group, ep *policy.Endpoint, granted bool) (plain, creds *ruleOut) {
 	var reads, puts trie
-	var credReads, credPuts []covered
-	var credPaths []string
-	for path, u := range paths {
+	credMethods := map[string]methodSet{}
+	credPods := map[string]podSet{}
+	credRequests := map[string]int64{}
+	for path, u := range g.endpoints[ep.Name] {
 		if u.credential {
-			credPaths = append(credPaths, path)
-			if u.methods&(methodGet|methodHead) != 0 {
-				credReads = append(credReads, covered{path, 1})
-			}
-			if u.methods&methodPut != 0 {
-				credPuts = append(credPuts, covered{path, 1})
-			}
+			credMethods[path] |= u.methods
+			credPods[path] = credPods[path].union(u.read.union(u.put))
+			credRequests[path] += u.requests
 			continue
 		}
-		if u.methods&(methodGet|methodHead) != 0 {
-			reads.insert(path)
+		if len(u.read) > 0 {
+			reads.insert(path, u.read, u.requests)
 		}
-		if u.methods&methodPut != 0 {
-			puts.insert(path)
+		if len(u.put) > 0 {
+			puts.insert(path, u.put, u.requests)
+		}
+	}
+	review := g.review[ep.Name]
+	if granted {
+		for path, u := range review {
+			credMethods[path] |= u.methods
+			credPods[path] = credPods[path].union(u.pods)
+			credRequests[path] += u.requests
 		}
 	}
 	var eps []string
 	if len(s.pol.Endpoints()) > 1 {
 		eps = []string{ep.Name}
 	}
-	mayWiden := func(dir string) bool { return !ep.IsCredential(dir) && !listsCredentials(s.pol, ep, dir) }
+	// A generic endpoint's paths mean whatever its service makes of them:
+	// nothing says a family of siblings is one kind of thing, so none is
+	// ever widened.
+	mayWiden := func(dir string) bool {
+		return ep.Flavor != policy.FlavorGeneric && !ep.IsCredential(dir) && !listsCredentials(s.pol, ep, dir)
+	}
 	th := s.opts.CollapseThreshold
 	if e := entries(collapse(&reads, th, mayWiden), collapse(&puts, th, mayWiden)); len(e) > 0 {
 		plain = &ruleOut{group: g, endpoints: eps, entries: e}
 	}
-	if len(credPaths) == 0 {
+	if len(credMethods) == 0 {
 		return plain, nil
+	}
+	credPaths := make([]string, 0, len(credMethods))
+	var credReads, credPuts []covered
+	for path, m := range credMethods {
+		credPaths = append(credPaths, path)
+		c := covered{pattern: path, paths: 1, pods: credPods[path], requests: credRequests[path]}
+		if m&(methodGet|methodHead) != 0 {
+			credReads = append(credReads, c)
+		}
+		if m&methodPut != 0 {
+			credPuts = append(credPuts, c)
+		}
 	}
 	sortCovered(credReads)
 	sortCovered(credPuts)
 	sort.Strings(credPaths)
-	creds = &ruleOut{group: g, endpoints: eps, credentials: true, entries: entries(credReads, credPuts)}
+	creds = &ruleOut{group: g, endpoints: eps, credentials: true, granted: granted && len(review) > 0, entries: entries(credReads, credPuts)}
 	for _, path := range credPaths {
-		u := paths[path]
-		line := "  " + methodNames(u.methods) + " " + path
-		if len(u.queryKeys) > 0 {
-			line += " (query keys: " + strings.Join(sortedKeys(u.queryKeys), ", ") + ")"
+		keys := map[string]bool{}
+		line := "  " + methodNames(credMethods[path]) + " " + path + " by " + g.pods.describe(credPods[path])
+		if u := g.endpoints[ep.Name][path]; u != nil {
+			for k := range u.queryKeys {
+				keys[k] = true
+			}
+			line += ": the policy in force granted it"
 		}
-		creds.notes = append(creds.notes, line)
-		var keys []string
-		for _, k := range identityQueryKeys {
-			if u.queryKeys[k] {
-				keys = append(keys, k)
+		if u := review[path]; granted && u != nil {
+			for k := range u.queryKeys {
+				keys[k] = true
+			}
+			line += ": " + u.summary() + "; granted by --grant-credentials"
+		}
+		if len(keys) > 0 {
+			line += " (query keys: " + strings.Join(sortedKeys(keys), ", ") + ")"
+		}
+		creds.notes = append(creds.notes, commentSafe(line))
+		var idKeys []string
+		for _, k := range ep.IdentityKeys() {
+			if keys[k] {
+				idKeys = append(idKeys, k)
 			}
 		}
-		if len(keys) == 0 {
+		if len(idKeys) == 0 {
 			continue
 		}
-		creds.unpinned = append(creds.unpinned, fmt.Sprintf("%s chooses an identity by %s", path, strings.Join(keys, ", ")))
+		creds.unpinned = append(creds.unpinned, fmt.Sprintf("%s chooses an identity by %s", path, strings.Join(idKeys, ", ")))
 		creds.notes = append(creds.notes,
-			"    It chooses a managed identity by "+strings.Join(keys, ", ")+", and the audit log holds no",
+			"    It chooses a managed identity by "+strings.Join(idKeys, ", ")+", and the audit log holds no",
 			"    query values: pin the identity this workload should have with a query: entry.")
 		for _, p := range s.pinsFor(ep, path) {
 			creds.notes = append(creds.notes, "    The policy in force pins it in "+p)
@@ -155,15 +206,17 @@ func listsCredentials(pol *policy.Policy, ep *policy.Endpoint, dir string) bool 
 // are one class: HEAD shows no more than GET, and together they are the
 // policy's default, so such entries need no methods line.
 func entries(reads, puts []covered) []entry {
-	inPut := map[string]bool{}
+	inPut := map[string]covered{}
 	for _, c := range puts {
-		inPut[c.pattern] = true
+		inPut[c.pattern] = c
 	}
 	inRead := map[string]bool{}
 	var readOnly, both, putOnly []covered
 	for _, c := range reads {
 		inRead[c.pattern] = true
-		if inPut[c.pattern] {
+		if p, ok := inPut[c.pattern]; ok {
+			c.pods = c.pods.union(p.pods)
+			c.requests += p.requests
 			both = append(both, c)
 		} else {
 			readOnly = append(readOnly, c)
@@ -188,14 +241,22 @@ func entries(reads, puts []covered) []entry {
 }
 
 // merge folds rules of one group that allow the same on several endpoints
-// (aws and aws-v6, say) into one rule listing those endpoints.
+// (aws and aws-v6, say) into one rule listing those endpoints; the pods
+// and counts behind each pattern are summed.
 func merge(rules []*ruleOut) []*ruleOut {
 	var out []*ruleOut
 	seen := map[string]*ruleOut{}
 	for _, r := range rules {
-		fp := fmt.Sprint(r.entries, r.notes, r.unpinned)
+		fp := fingerprint(r)
 		if prev := seen[fp]; prev != nil && r.endpoints != nil {
 			prev.endpoints = append(prev.endpoints, r.endpoints...)
+			for i, e := range r.entries {
+				for j, c := range e.paths {
+					p := &prev.entries[i].paths[j]
+					p.pods = p.pods.union(c.pods)
+					p.requests += c.requests
+				}
+			}
 			continue
 		}
 		seen[fp] = r
@@ -204,9 +265,46 @@ func merge(rules []*ruleOut) []*ruleOut {
 	return out
 }
 
-// name gives every rule a unique valid name derived from its group, e.g.
+// fingerprint is what a rule allows and says, without who used it how
+// often.
+func fingerprint(r *ruleOut) string {
+	var b strings.Builder
+	for _, e := range r.entries {
+		fmt.Fprint(&b, e.methods)
+		for _, c := range e.paths {
+			fmt.Fprintf(&b, " %s=%d", c.pattern, c.paths)
+		}
+		b.WriteByte(';')
+	}
+	fmt.Fprint(&b, r.granted, r.notes, r.unpinned)
+	return b.String()
+}
+
+// groupNames gives every group a unique valid name derived from its key,
+// e.g. shop-web, shop-sa-builder: its rules are named after it, and
+// --grant-credentials takes it.
+func (s *Suggester) groupNames() map[*group]string {
+	names := map[*group]string{}
+	count := map[string]int{}
+	for _, g := range s.groups {
+		n := ruleName(s.baseName(g.key), fmt.Sprint(g.key))
+		names[g] = n
+		count[n]++
+	}
+	for g, n := range names {
+		if count[n] > 1 {
+			// Two groups that differ only in characters a rule name
+			// cannot hold (App=Web and app=web): a hash of the group
+			// tells them apart.
+			names[g] = withHash(n, fmt.Sprint(g.key))
+		}
+	}
+	return names
+}
+
+// name gives every rule a unique valid name derived from its group's, e.g.
 // shop-web, shop-web-credentials, shop-sa-builder-aws-v6.
-func (s *Suggester) name(rules []*ruleOut) {
+func (s *Suggester) name(rules []*ruleOut, groups map[*group]string) {
 	perGroup := map[*group][2]int{}
 	for _, r := range rules {
 		n := perGroup[r.group]
@@ -215,7 +313,7 @@ func (s *Suggester) name(rules []*ruleOut) {
 	}
 	ids := make([]string, len(rules))
 	for i, r := range rules {
-		base := s.baseName(r.group.key)
+		base := groups[r.group]
 		if perGroup[r.group][b2i(r.credentials)] > 1 {
 			base += "-" + strings.Join(r.endpoints, "-")
 		}
@@ -231,9 +329,8 @@ func (s *Suggester) name(rules []*ruleOut) {
 	}
 	for i, r := range rules {
 		if count[r.name] > 1 {
-			// Two groups that differ only in characters a rule name
-			// cannot hold (App=Web and app=web): a hash of the group
-			// tells them apart.
+			// A group called shop-web-credentials beside shop-web's
+			// credential rule.
 			r.name = withHash(r.name, ids[i])
 		}
 	}
@@ -286,16 +383,6 @@ func b2i(b bool) int {
 	return 0
 }
 
-func methodNames(m methodSet) string {
-	var names []string
-	for _, name := range []string{"GET", "HEAD", "PUT"} {
-		if m&methodBits[name] != 0 {
-			names = append(names, name)
-		}
-	}
-	return strings.Join(names, ",")
-}
-
 func sortedKeys(m map[string]bool) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
@@ -303,8 +390,4 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	sort.Strings(keys)
 	return keys
-}
-
-func sortCovered(c []covered) {
-	sort.Slice(c, func(i, j int) bool { return c[i].pattern < c[j].pattern })
 }

@@ -1,8 +1,9 @@
 package suggest
 
 import (
-	"bytes"
 	"testing"
+
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // A scenario is a cluster's traffic under the policy in force, and the
@@ -48,6 +49,11 @@ rules:
       - paths: ["/latest/meta-data/placement/**", "/latest/meta-data/instance-id"]
       - methods: [PUT]
         paths: ["/latest/api/token"]
+  - name: web-credentials
+    podSelector: {matchLabels: {app: web}}
+    allow:
+      - paths: ["/latest/meta-data/iam/security-credentials/**"]
+    credentials: allow
 credentialPaths: ["/latest/user-data"]
 `
 
@@ -56,6 +62,11 @@ kind: Policy
 mode: audit
 endpoints: [{name: gcp, address: "169.254.169.254:80", flavor: gcp}]
 defaultAction: deny
+rules:
+  - name: frontend-token
+    podSelector: {matchLabels: {app: frontend}}
+    allow: [{paths: ["/computeMetadata/v1/instance/service-accounts/default/token"]}]
+    credentials: allow
 `
 
 const azureConfig = `apiVersion: metaguard.dev/v1alpha1
@@ -106,6 +117,11 @@ func awsCalls() []call {
 	c = append(c, gets(batch, "aws", "/latest/user-data", "/2016-09-02/meta-data/local-ipv4")...)
 	c = append(c, gets(monitor, "aws", "/latest/meta-data/instance-type", "/latest/dynamic/instance-identity/document")...)
 	c = append(c, gets(opsWeb, "aws", "/latest/meta-data/hostname")...)
+	// What the upstream did not serve is not a use: a path made up (404),
+	// the upstream refusing (403) or failing (502).
+	c = append(c, call{pod: web1, endpoint: "aws", method: "GET", path: "/latest/meta-data/made-up", status: 404})
+	c = append(c, call{pod: web2, endpoint: "aws", method: "GET", path: "/latest/meta-data/tags/instance/secret", status: 403})
+	c = append(c, call{pod: monitor, endpoint: "aws", method: "GET", path: "/latest/meta-data/events/maintenance/scheduled", status: 502})
 	return c
 }
 
@@ -122,6 +138,10 @@ func gcpCalls() []call {
 	c = append(c, call{pod: frontend, endpoint: "gcp", method: "GET", path: v1 + "/instance/", queryKeys: []string{"recursive"}})
 	c = append(c, gets(reporter, "gcp", expand(v1+"/project/attributes", "google-compute-default-region", "google-compute-default-zone", "enable-oslogin", "gke-cluster")...)...)
 	c = append(c, call{pod: reporter, endpoint: "gcp", method: "GET", path: v1 + "/instance/service-accounts/reporter@p.iam.gserviceaccount.com/identity", queryKeys: []string{"audience", "format"}})
+	// A wait_for_change request answered "nothing changed" is a use; a
+	// path the pod made up, answered 404, is not.
+	c = append(c, call{pod: reporter, endpoint: "gcp", method: "GET", path: v1 + "/project/attributes/ssh-keys", queryKeys: []string{"wait_for_change"}, status: 304})
+	c = append(c, call{pod: reporter, endpoint: "gcp", method: "GET", path: v1 + "/project/attributes/made-up", status: 404})
 	return c
 }
 
@@ -195,21 +215,23 @@ var scenarios = []scenario{
 	},
 }
 
-// deniedLines are lines no rule may be made of: refused requests, and
-// requests audit mode forwarded without knowing the pod.
+// deniedLines are lines no rule may be made of: refused requests, the
+// proxy's own decisions, reasons this version does not know, and a
+// credential read that names no rule granting it.
 func deniedLines(t *testing.T, endpoint string) []byte {
-	var b bytes.Buffer
-	for _, r := range []record{
-		{Endpoint: endpoint, Method: "GET", Path: "/latest/meta-data/%2e%2e/", Decision: "deny", Reason: "malformed-request", Status: 400},
-		{Endpoint: "unknown", Method: "GET", Path: "/anything", Decision: "deny", Reason: "unknown-endpoint", Status: 403},
-		{Endpoint: endpoint, Method: "GET", Path: "/leak/one", Decision: "audit-deny", Reason: "unknown-pod", Status: 200},
-		{Endpoint: endpoint, Method: "GET", Path: "/leak/two", Decision: "audit-deny", Reason: "ambiguous-ip", Status: 200},
-		{Pod: web1.name, Namespace: web1.namespace, ServiceAccount: web1.sa, Labels: web1.labels,
-			Endpoint: endpoint, Method: "GET", Path: "/leak/three", Decision: "deny", Reason: "rate-limited", Status: 429},
-		{Pod: web1.name, Namespace: web1.namespace, ServiceAccount: web1.sa, Labels: web1.labels,
-			Endpoint: endpoint, Method: "GET", Path: "/leak/four", Decision: "deny", Reason: "forwarded-header", Status: 403},
-	} {
-		writeRecord(t, &b, r)
+	who := func(r audit.Record) audit.Record {
+		r.Pod, r.Namespace, r.ServiceAccount, r.Labels = web1.name, web1.namespace, web1.sa, web1.labels
+		return r
 	}
-	return b.Bytes()
+	return writeLog(t,
+		who(audit.Record{Endpoint: endpoint, Method: "GET", Path: "/latest/meta-data/%2e%2e/", Decision: audit.DecisionDeny, Reason: audit.ReasonMalformed, Status: 400}),
+		audit.Record{Endpoint: "unknown", Method: "GET", Path: "/anything", Decision: audit.DecisionDeny, Reason: audit.ReasonUnknownEndpoint, Status: 403},
+		audit.Record{Endpoint: endpoint, Method: "GET", Path: "/leak/one", Decision: audit.DecisionDeny, Reason: audit.ReasonUnknownPod, Status: 503},
+		// What an older proxy logged: forwarded for a pod it could not name.
+		audit.Record{Endpoint: endpoint, Method: "GET", Path: "/leak/two", Decision: audit.DecisionAuditDeny, Reason: audit.ReasonAmbiguousIP, Status: 200},
+		who(audit.Record{Endpoint: endpoint, Method: "GET", Path: "/leak/three", Decision: audit.DecisionDeny, Reason: audit.ReasonRateLimited, Status: 429}),
+		who(audit.Record{Endpoint: endpoint, Method: "GET", Path: "/leak/four", Decision: audit.DecisionDeny, Reason: audit.ReasonForwardedHeader, Status: 403}),
+		who(audit.Record{Endpoint: endpoint, Method: "GET", Path: "/leak/five", Decision: audit.DecisionAllow, Reason: audit.ParseReason("decided-by-a-newer-proxy"), Status: 200}),
+		who(audit.Record{Endpoint: endpoint, Method: "GET", Path: "/leak/six", Decision: audit.DecisionAuditDeny, Reason: audit.ReasonNotAllowed, Status: 404}),
+	)
 }

@@ -6,9 +6,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"runtime"
 	"testing"
 	"time"
+
+	"metaguard.dev/metaguard/proxy/audit"
 )
 
 // repeated reads data n times over without holding more than one copy,
@@ -34,26 +37,28 @@ func (r *repeated) Read(p []byte) (int, error) {
 // namespaces) using a dozen paths.
 const blockLines = 2000
 
-func generatedBlock() []byte {
-	var b bytes.Buffer
+func generatedBlock(tb testing.TB) []byte {
+	recs := make([]audit.Record, 0, blockLines)
 	for i := 0; i < blockLines; i++ {
 		app := fmt.Sprintf("app-%d", i%20)
 		path := fmt.Sprintf("/latest/meta-data/placement/k%d", i%7)
 		if i%13 == 0 {
 			path = fmt.Sprintf("/latest/meta-data/network/interfaces/macs/m%d/local-ipv4s", i%5)
 		}
-		fmt.Fprintf(&b, `{"time":"2025-01-01T00:00:00.%06dZ","src_ip":"10.0.%d.%d","pod":"%s-%d","namespace":"ns-%d","pod_uid":"u-%d",`+
-			`"service_account":"sa","labels":{"app":"%s","pod-template-hash":"5d8f7"},"endpoint":"aws","method":"GET","path":"%s",`+
-			`"query_keys":[],"decision":"allow","rule":"r","reason":"allowed","status":200,"bytes":12,"duration_ms":0.3}`+"\n",
-			i, i%200, i%250, app, i%97, i%3, i, app, path)
+		recs = append(recs, audit.Record{
+			SrcIP: netip.AddrFrom4([4]byte{10, 0, byte(i % 200), byte(i % 250)}), Pod: fmt.Sprintf("%s-%d", app, i%97),
+			Namespace: fmt.Sprintf("ns-%d", i%3), PodUID: fmt.Sprintf("u-%d", i), ServiceAccount: "sa",
+			Labels: map[string]string{"app": app, "pod-template-hash": "5d8f7"}, Endpoint: "aws", Method: "GET", Path: path,
+			QueryKeys: []string{}, Decision: audit.DecisionAllow, Rule: "r", Reason: audit.ReasonAllowed, Status: 200,
+		})
 	}
-	return b.Bytes()
+	return writeLog(tb, recs...)
 }
 
 // TestReadLogStreams reads a 200k-line log, plain and gzip, and checks that
 // memory after the read does not grow with the number of lines.
 func TestReadLogStreams(t *testing.T) {
-	block := generatedBlock()
+	block := generatedBlock(t)
 	var z bytes.Buffer
 	zw := gzip.NewWriter(&z)
 	zw.Write(block)

@@ -2,6 +2,7 @@ package suggest
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -65,11 +66,18 @@ type Options struct {
 	GroupBy GroupBy
 	// CollapseThreshold is how many distinct used children a directory
 	// needs before they are replaced by one pattern; 0 never collapses.
+	// Only children that two pods or more of the group used count.
 	CollapseThreshold int
 	// Mode of the suggested policy; empty keeps the mode of the policy in
 	// force, so a policy learnt in audit mode stays in audit mode until an
 	// operator has reviewed it.
 	Mode policy.Mode
+	// GrantCredentials names groups (as Suggestion.Review names them)
+	// whose credential requests the operator has reviewed and grants:
+	// their paths are written into a credentials: allow rule. Nothing
+	// else ever turns a credential request the policy in force did not
+	// grant into a grant.
+	GrantCredentials []string
 }
 
 // DefaultCollapseThreshold is the default Options.CollapseThreshold: fewer
@@ -87,8 +95,6 @@ type Suggester struct {
 	endpoints map[string]*policy.Endpoint
 	groups    map[groupKey]*group
 	stats     Stats
-	buf       []byte // line assembly buffer, reused
-	intern    interner
 	pins      []pinnedEntry
 }
 
@@ -96,28 +102,40 @@ type Suggester struct {
 type Stats struct {
 	// Lines is every non-blank line read.
 	Lines int64
-	// Used lines (allow, strip, audit-deny of an identified pod) are what
-	// the suggested rules are made of.
+	// Used lines are what the suggested rules are made of: requests of
+	// identified pods that the policy decided, forwarded and the upstream
+	// served (2xx; 304 on GCP), and credential reads the policy in force
+	// granted.
 	Used int64
-	// Denied lines were refused, on purpose or as malformed requests;
-	// they never become rules.
+	// Review lines are credential requests the policy in force did not
+	// grant (refused, or forwarded only because of audit mode): listed
+	// for review, never learned.
+	Review int64
+	// NotServed lines were forwarded but not served: a 404 for a path a
+	// pod made up, the upstream's 403 or 5xx.
+	NotServed int64
+	// Denied lines were refused by the policy; they never become rules.
 	Denied int64
-	// Unidentified lines were forwarded by audit mode but name no pod
-	// (unknown-pod, ambiguous-ip): no rule can be written for them.
-	Unidentified int64
+	// ByProxy lines were decided by the proxy, not the policy: malformed
+	// requests, unknown or ambiguous pods, rate limits, overload, and
+	// reasons this version does not know.
+	ByProxy int64
 	// UnknownEndpoint lines name an endpoint the policy in force does not
 	// have.
 	UnknownEndpoint int64
+	// OverBound lines came after their group had used more distinct paths
+	// than suggest keeps (Suggestion.Warnings names the groups).
+	OverBound int64
 	// Other lines are JSON objects without a decision: the daemon's
 	// operational log, which kubectl logs mixes in.
 	Other int64
 	// Malformed lines are not JSON objects, or hold fields no request the
-	// proxy forwards can have.
+	// proxy decides can have.
 	Malformed int64
 	// FirstMalformed says where the first malformed line is and why, so
 	// an operator can look at it.
 	FirstMalformed string
-	// Groups is the number of pod groups seen using the endpoints.
+	// Groups is the number of pod groups seen.
 	Groups int
 }
 
@@ -128,8 +146,28 @@ type Suggestion struct {
 	// credentials: allow.
 	Rules, CredentialRules int
 	// Warnings name what must be reviewed before enforcing: credential
-	// reads whose identity the suggestion could not pin.
+	// reads whose identity the suggestion could not pin, groups that
+	// used more paths than suggest keeps.
 	Warnings []string
+	// Review lists the groups with credential requests that learning did
+	// not grant, and those Options.GrantCredentials granted.
+	Review []Review
+}
+
+// Review is one group's credential requests that the policy in force did
+// not grant.
+type Review struct {
+	// Group is the name Options.GrantCredentials (and the command's
+	// --grant-credentials) takes.
+	Group string
+	// Who says which pods the group is.
+	Who string
+	// Requests, on Paths distinct paths, by Pods (named as in the output).
+	Requests int64
+	Paths    int
+	Pods     string
+	// Granted is set when Options.GrantCredentials named the group.
+	Granted bool
 }
 
 // New starts a suggestion based on the policy in force, config (named
@@ -148,6 +186,11 @@ func New(source string, config []byte, opts Options) (*Suggester, error) {
 	if opts.GroupBy.Kind == ByLabel && opts.GroupBy.Label == "" {
 		return nil, fmt.Errorf("grouping by label needs a label key")
 	}
+	for _, g := range opts.GrantCredentials {
+		if g == "" {
+			return nil, fmt.Errorf("a group to grant credentials to needs a name")
+		}
+	}
 	pol, err := policy.Parse(source, config)
 	if err != nil {
 		return nil, fmt.Errorf("parsing the policy in force: %w", err)
@@ -159,11 +202,14 @@ func New(source string, config []byte, opts Options) (*Suggester, error) {
 		pol:       pol,
 		endpoints: map[string]*policy.Endpoint{},
 		groups:    map[groupKey]*group{},
-		pins:      pinnedEntries(config),
 	}
+	var idKeys []string
 	for _, ep := range pol.Endpoints() {
 		s.endpoints[ep.Name] = ep
+		idKeys = append(idKeys, ep.IdentityKeys()...)
 	}
+	slices.Sort(idKeys)
+	s.pins = pinnedEntries(config, slices.Compact(idKeys))
 	return s, nil
 }
 

@@ -39,11 +39,16 @@ func (s *Suggester) Policy() (Suggestion, error) {
 	copyField(src.Content[0], "rateLimit", add)
 	copyField(src.Content[0], "credentialPaths", add)
 
-	rules := s.rules()
+	names := s.groupNames()
+	grant, err := s.checkGrants(names)
+	if err != nil {
+		return Suggestion{}, err
+	}
+	rules := s.rules(names, grant)
 	seq := &yaml.Node{Kind: yaml.SequenceNode}
 	if len(rules) == 0 {
 		seq.Style = yaml.FlowStyle
-		seq.LineComment = "no request of an identified pod was seen: everything is denied"
+		seq.LineComment = "no served request of an identified pod was seen: everything is denied"
 	}
 	sum := Suggestion{Rules: len(rules)}
 	for _, r := range rules {
@@ -56,16 +61,28 @@ func (s *Suggester) Policy() (Suggestion, error) {
 		}
 	}
 	add(str("rules"), seq)
+	for _, g := range s.sortedGroups() {
+		if g.overPaths > 0 {
+			sum.Warnings = append(sum.Warnings, fmt.Sprintf("group %s used more than %d distinct paths on one endpoint; %s past that were not learned",
+				names[g], maxPaths, plural(g.overPaths, "request")))
+		}
+	}
+	block, reviews := s.reviewBlock(names, grant)
+	sum.Review = reviews
 
 	st := s.Stats()
 	doc := &yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{top}}
 	doc.HeadComment = strings.Join([]string{
 		fmt.Sprintf(`Suggested by "metaguard suggest" from %s: %s of %s`,
-			plural(st.Lines, "audit line"), plural(st.Used, "request"), plural(int64(st.Groups), "pod group")),
-		fmt.Sprintf("(grouped by %s). It allows what each group was seen to use and nothing more.", s.opts.GroupBy),
-		"Review before enforcing: patterns marked \"stands for N used paths\" were collapsed",
-		"from that many siblings; rules with credentials: allow list the credentials read.",
-		fmt.Sprintf("Endpoints, rateLimit and credentialPaths are those of %s.", s.source),
+			plural(st.Lines, "audit line"), plural(st.Used, "served request"), plural(int64(st.Groups), "pod group")),
+		fmt.Sprintf("(grouped by %s). It allows what each group was seen to be served, and nothing more.", s.opts.GroupBy),
+		"Review before enforcing. Every path names the pods that used it. A pattern marked",
+		"\"stands for N used paths\" was collapsed from siblings that two pods or more used;",
+		"a path one pod used stays literal, and no pattern is made on a generic endpoint.",
+		"Rules with credentials: allow list each credential path; only reads the policy in",
+		"force granted are carried forward, and other credential requests are listed for",
+		"review at the end.",
+		fmt.Sprintf("Endpoints, rateLimit and credentialPaths are those of %s.", commentSafe(s.source)),
 	}, "\n")
 
 	var b bytes.Buffer
@@ -77,11 +94,26 @@ func (s *Suggester) Policy() (Suggestion, error) {
 	if err := enc.Close(); err != nil {
 		return Suggestion{}, fmt.Errorf("writing the suggested policy: %w", err)
 	}
+	b.WriteString(block)
 	if _, err := policy.Parse("suggested policy", b.Bytes()); err != nil {
 		return Suggestion{}, fmt.Errorf("the suggested policy does not validate (a bug in suggest): %w", err)
 	}
 	sum.YAML = b.Bytes()
 	return sum, nil
+}
+
+// who says which pods a group is, in words.
+func (s *Suggester) who(k groupKey) string {
+	switch {
+	case k.kind == ByLabel:
+		return fmt.Sprintf("pods labelled %s=%s in namespace %s", s.opts.GroupBy.Label, k.value, k.namespace)
+	case k.kind == ByServiceAccount && s.opts.GroupBy.Kind == ByLabel:
+		return fmt.Sprintf("pods without label %s, service account %s, in namespace %s (grouped by service account because they lack the label)",
+			s.opts.GroupBy.Label, k.value, k.namespace)
+	case k.kind == ByServiceAccount:
+		return fmt.Sprintf("pods of service account %s in namespace %s", k.value, k.namespace)
+	}
+	return fmt.Sprintf("every pod in namespace %s", k.namespace)
 }
 
 func (s *Suggester) ruleNode(r *ruleOut) *yaml.Node {
@@ -90,36 +122,34 @@ func (s *Suggester) ruleNode(r *ruleOut) *yaml.Node {
 	add := func(key string, v *yaml.Node) { m.Content = append(m.Content, str(key), v) }
 	add("name", str(r.name))
 
-	var who string
 	switch {
 	case k.kind == ByLabel:
-		who = fmt.Sprintf("pods labelled %s=%s in namespace %s", s.opts.GroupBy.Label, k.value, k.namespace)
 		add("podSelector", mapping("matchLabels", mapping(s.opts.GroupBy.Label, str(k.value))))
 	case k.kind == ByServiceAccount && s.opts.GroupBy.Kind == ByLabel:
 		// Selecting the service account alone would also give these
 		// paths to the pods of that account that do carry the label,
 		// and they have rules of their own.
-		who = fmt.Sprintf("pods without label %s, service account %s, in namespace %s (grouped by service account because they lack the label)",
-			s.opts.GroupBy.Label, k.value, k.namespace)
 		req := mapping("key", str(s.opts.GroupBy.Label))
 		req.Content = append(req.Content, str("operator"), str("DoesNotExist"))
 		req.Style = yaml.FlowStyle
 		add("podSelector", mapping("matchExpressions", &yaml.Node{Kind: yaml.SequenceNode, Content: []*yaml.Node{req}}))
-	case k.kind == ByServiceAccount:
-		who = fmt.Sprintf("pods of service account %s in namespace %s", k.value, k.namespace)
-	default:
-		who = fmt.Sprintf("every pod in namespace %s", k.namespace)
 	}
 	add("namespaceSelector", mapping("matchLabels", mapping(namespaceNameLabel, str(k.namespace))))
 	if k.kind == ByServiceAccount {
-		add("serviceAccounts", flow(k.value))
+		add("serviceAccounts", flow(k.namespace+"/"+k.value))
 	}
 	if r.endpoints != nil {
 		add("endpoints", flow(r.endpoints...))
 	}
 
-	comment := []string{fmt.Sprintf("%s: %s (e.g. pod %s)", who, plural(r.group.requests, "request"), r.group.examplePod)}
-	if r.credentials {
+	pods, requests := r.pods()
+	comment := []string{commentSafe(fmt.Sprintf("%s: %s by %s", s.who(k), plural(requests, "request"), r.group.pods.describe(pods)))}
+	switch {
+	case r.granted:
+		comment = append(comment, "Reads credentials, so credentials: allow, for these paths only; the operator",
+			"granted the reviewed ones with --grant-credentials:")
+		comment = append(comment, r.notes...)
+	case r.credentials:
 		comment = append(comment, "Reads credentials, so credentials: allow, for these paths only:")
 		comment = append(comment, r.notes...)
 	}
@@ -134,8 +164,11 @@ func (s *Suggester) ruleNode(r *ruleOut) *yaml.Node {
 		paths := &yaml.Node{Kind: yaml.SequenceNode}
 		for _, c := range e.paths {
 			n := str(c.pattern)
+			by := r.group.pods.describe(c.pods)
 			if c.paths > 1 {
-				n.LineComment = fmt.Sprintf("stands for %d used paths", c.paths)
+				n.LineComment = fmt.Sprintf("stands for %d used paths, by %s", c.paths, by)
+			} else {
+				n.LineComment = "by " + by
 			}
 			paths.Content = append(paths.Content, n)
 		}

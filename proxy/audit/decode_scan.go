@@ -1,13 +1,15 @@
-package suggest
+package audit
 
-import "bytes"
+import (
+	"bytes"
+	"strconv"
+)
 
 // scanner reads the subset of JSON the proxy writes. Every method
 // returns false rather than guess.
 type scanner struct {
-	b  []byte
-	i  int
-	in *interner
+	b []byte
+	i int
 }
 
 func (s *scanner) ws() {
@@ -19,6 +21,12 @@ func (s *scanner) ws() {
 			return
 		}
 	}
+}
+
+// end reports whether only whitespace is left.
+func (s *scanner) end() bool {
+	s.ws()
+	return s.i == len(s.b)
 }
 
 func (s *scanner) eat(c byte) bool {
@@ -39,7 +47,8 @@ func (s *scanner) lit(word string) bool {
 
 // str reads a string with no escapes and only printable ASCII: what the
 // proxy's canonical paths, names and labels are. Anything else (escapes,
-// UTF-8 that encoding/json might repair) is left to encoding/json.
+// UTF-8 that encoding/json might repair) is left to encoding/json. The
+// bytes returned are the line's own.
 func (s *scanner) str() ([]byte, bool) {
 	if !s.eat('"') {
 		return nil, false
@@ -107,6 +116,24 @@ func (s *scanner) skip(depth int) bool {
 		return s.lit("null")
 	}
 	return s.number()
+}
+
+// integer reads a JSON number without fraction or exponent, as an int64;
+// anything else (which encoding/json refuses for an integer field, or
+// reads differently) is false.
+func (s *scanner) integer() (int64, bool) {
+	start := s.i
+	if !s.number() {
+		return 0, false
+	}
+	lit := s.b[start:s.i]
+	for _, c := range lit {
+		if c == '.' || c == 'e' || c == 'E' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseInt(string(lit), 10, 64)
+	return n, err == nil
 }
 
 // number reads a JSON number: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
