@@ -355,6 +355,12 @@ func (b *runner) wrk(ctx context.Context, t table, path string, d time.Duration)
 // what the row claims to measure: a row that measured errors would lie.
 func (b *runner) check(ctx context.Context, up upstream, r row) error {
 	status, body, err := b.get(ctx, up, r.path)
+	for try := 0; err != nil && try < 3; try++ {
+		// A new connection may meet the previous session's in TIME_WAIT
+		// on the same ports and be reset: a fresh one is the next try.
+		time.Sleep(100 * time.Millisecond)
+		status, body, err = b.get(ctx, up, r.path)
+	}
 	if err != nil {
 		return err
 	}
