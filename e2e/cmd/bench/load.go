@@ -14,6 +14,9 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"metaguard.dev/metaguard/e2e/sandbox"
 )
 
@@ -79,7 +82,7 @@ type runner struct {
 func runLoad(ctx context.Context, s *sandbox.Sandbox, bins *binaries, o options) (*loadResult, error) {
 	b := &runner{s: s, bins: bins, o: o, dir: filepath.Join(s.ArtifactDir(), "bench")}
 	b.res = &loadResult{samples: map[string][]sample{}, baseRev: bins.baseRev}
-	for _, t := range tables(o.conns, bins.baseline != "") {
+	for _, t := range tables(o.conns, bins.baseline != "", o.variant != "") {
 		// The profile and the trace load the first table's allowed row.
 		if o.tables == "" || t.key == "fast" || slices.Contains(strings.Split(o.tables, ","), t.key) {
 			b.res.tables = append(b.res.tables, t)
@@ -91,6 +94,9 @@ func runLoad(ctx context.Context, s *sandbox.Sandbox, bins *binaries, o options)
 	sessions := []session{sessDirect, sessNginx, sessMetaguard, sessPool}
 	if bins.baseline != "" {
 		sessions = append(sessions, sessBaseline)
+	}
+	if o.variant != "" {
+		sessions = append(sessions, sessVariant)
 	}
 	b.res.startLoad = loadAverage()
 	begin := time.Now()
@@ -250,6 +256,15 @@ func (b *runner) startMetaguard(ctx context.Context, sess session, audit string)
 	if err := b.bins.use(bin); err != nil {
 		return nil, nil, err
 	}
+	if sess == sessVariant {
+		// The sandbox starts metaguard with the applied DaemonSet's Go
+		// settings: the variant's stand in for them while it starts.
+		restore, err := b.setGoEnv(ctx, strings.Fields(b.o.variant))
+		if err != nil {
+			return nil, nil, err
+		}
+		defer restore()
+	}
 	mg, err := b.s.StartMetaguard(ctx, args...)
 	if err != nil {
 		return nil, nil, err
@@ -265,6 +280,36 @@ func (b *runner) startMetaguard(ctx context.Context, sess session, audit string)
 			err = fmt.Errorf("metaguard's rules survived its exit with --cleanup-on-exit:\n%s", out)
 		}
 		return err
+	}, nil
+}
+
+// setGoEnv sets NAME=VALUE settings on the applied DaemonSet's metaguard
+// container and returns what puts the old ones back.
+func (b *runner) setGoEnv(ctx context.Context, settings []string) (restore func(), err error) {
+	dss := b.s.AdminClient().AppsV1().DaemonSets(sandbox.MetaguardNamespace)
+	ds, err := dss.Get(ctx, "metaguard", metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	orig := ds.DeepCopy()
+	c := &ds.Spec.Template.Spec.Containers[0]
+	for _, kv := range settings {
+		k, v, _ := strings.Cut(kv, "=")
+		c.Env = slices.DeleteFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == k })
+		c.Env = append(c.Env, corev1.EnvVar{Name: k, Value: v})
+	}
+	if _, err := dss.Update(ctx, ds, metav1.UpdateOptions{}); err != nil {
+		return nil, err
+	}
+	return func() {
+		cur, err := dss.Get(ctx, "metaguard", metav1.GetOptions{})
+		if err == nil {
+			cur.Spec = orig.Spec
+			_, err = dss.Update(ctx, cur, metav1.UpdateOptions{})
+		}
+		if err != nil {
+			logf("restoring the DaemonSet's Go settings: %v", err)
+		}
 	}, nil
 }
 

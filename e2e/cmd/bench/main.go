@@ -27,6 +27,7 @@ type options struct {
 	rounds, conns    int
 	baseline         string // a git revision to measure beside the checkout
 	tables           string // comma-separated table keys to run; empty: all
+	variant          string // Go runtime env (GOMAXPROCS=1 ...) of an extra metaguard row
 	profile, trace   bool
 	goBench          bool
 	benchtime        string
@@ -41,6 +42,7 @@ func run() int {
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds of every row; tables show medians")
 	fs.IntVar(&o.conns, "connections", 16, "concurrent connections of the saturating tables, spread over the load pods")
 	fs.StringVar(&o.baseline, "baseline", "", "a git revision of metaguard to measure beside the checkout (rows marked baseline)")
+	fs.StringVar(&o.variant, "variant", "", "space-separated GO* settings (GOMAXPROCS=1 GOGC=200) for an extra row of the checkout's build in place of the DaemonSet's")
 	fs.StringVar(&o.tables, "tables", "", "only these tables, comma-separated (fast, mock, close, one); fast is always run")
 	fs.BoolVar(&o.profile, "profile", true, "profile metaguard with perf during one extra run")
 	fs.BoolVar(&o.trace, "trace", true, "trace metaguard with runtime/trace during one extra run, for the tail")

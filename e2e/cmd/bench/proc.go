@@ -17,11 +17,16 @@ const clockTicks = 100
 // usage is what the proxy's processes have used so far: CPU in all and in
 // the kernel, and the time their threads sat runnable on a CPU's run queue
 // while other processes ran (schedstat), the wait a busy node adds.
+// slices counts the times a thread was put on a CPU: each wake-up of a
+// sleeping thread is one.
 type usage struct {
 	cpu, sys, runWait time.Duration
+	slices            int64
 }
 
-func (u usage) sub(v usage) usage { return usage{u.cpu - v.cpu, u.sys - v.sys, u.runWait - v.runWait} }
+func (u usage) sub(v usage) usage {
+	return usage{u.cpu - v.cpu, u.sys - v.sys, u.runWait - v.runWait, u.slices - v.slices}
+}
 
 // readUsage sums usage over the processes and all their threads.
 func readUsage(pids []int) (usage, error) {
@@ -41,7 +46,8 @@ func readUsage(pids []int) (usage, error) {
 			b, err := os.ReadFile(t)
 			if f := strings.Fields(string(b)); err == nil && len(f) == 3 {
 				ns, _ := strconv.ParseInt(f[1], 10, 64)
-				u.runWait += time.Duration(ns)
+				n, _ := strconv.ParseInt(f[2], 10, 64)
+				u.runWait, u.slices = u.runWait+time.Duration(ns), u.slices+n
 			}
 		}
 	}

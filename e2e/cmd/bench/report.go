@@ -20,11 +20,11 @@ type report struct {
 
 // rowStats are a row's medians over its rounds (latencies and CPU in µs).
 type rowStats struct {
-	rps, p50, p99, p999 float64
-	cpu, sysShare, wait float64 // per request; the kernel's share of the CPU
-	rssMiB, peakMiB     float64
-	unexpected          int64
-	rounds              int
+	rps, p50, p99, p999         float64
+	cpu, sysShare, wait, slices float64 // per request; the kernel's share of the CPU
+	rssMiB, peakMiB             float64
+	unexpected                  int64
+	rounds                      int
 }
 
 // median of the values; NaN for none. Three rounds give the middle one,
@@ -42,18 +42,18 @@ func median(v []float64) float64 {
 
 func statsOf(samples []sample) rowStats {
 	st := rowStats{rounds: len(samples)}
-	var rps, p50, p99, p999, cpu, sys, wait, rss []float64
+	var rps, p50, p99, p999, cpu, sys, wait, slices, rss []float64
 	for _, s := range samples {
 		n := float64(max(s.wrk.Requests, 1))
 		rps, p50, p99, p999 = append(rps, s.wrk.RPS()), append(p50, s.wrk.Pct(50)), append(p99, s.wrk.Pct(99)), append(p999, s.wrk.Pct(99.9))
 		cpu, wait = append(cpu, float64(s.use.cpu.Microseconds())/n), append(wait, float64(s.use.runWait.Microseconds())/n)
-		sys = append(sys, float64(s.use.sys)/float64(max(s.use.cpu, 1)))
+		sys, slices = append(sys, float64(s.use.sys)/float64(max(s.use.cpu, 1))), append(slices, float64(s.use.slices)/n)
 		rss = append(rss, float64(s.mem.rssKiB)/1024)
 		st.peakMiB = max(st.peakMiB, float64(s.mem.hwmKiB)/1024)
 		st.unexpected += s.unexpected
 	}
 	st.rps, st.p50, st.p99, st.p999 = median(rps), median(p50), median(p99), median(p999)
-	st.cpu, st.sysShare, st.wait, st.rssMiB = median(cpu), median(sys), median(wait), median(rss)
+	st.cpu, st.sysShare, st.wait, st.slices, st.rssMiB = median(cpu), median(sys), median(wait), median(slices), median(rss)
 	return st
 }
 
@@ -77,6 +77,9 @@ func (r *report) write(w io.Writer) {
 	p("| Go | %s |\n| metaguard | %s (built by the benchmark with its symbol table; checkout `%s` at the start) |\n", m.goVersion, m.metaguard, m.gitDescribe)
 	if l := r.load; l != nil && l.baseRev != "" {
 		p("| baseline | metaguard at `%s`, built the same way |\n", l.baseRev)
+	}
+	if r.opts.variant != "" {
+		p("| variant | the checkout's build with `%s` in place of the DaemonSet's settings |\n", r.opts.variant)
 	}
 	p("| nginx | %s |\n| wrk | %s |\n| amazon-ec2-metadata-mock | %s |\n| perf | %s |\n\n", m.nginx, m.wrk, m.mock, m.perf)
 	r.writeTargets(p)
@@ -156,17 +159,17 @@ func (r *report) writeLoad(p printer) {
 	p("  read whole and `iam/` and `identity-credentials/` removed; the credential path is answered 403, never forwarded.\n\n")
 	p("Proxy CPU is utime+stime of the proxy's processes (nginx: master and worker) over the run, per request, with the kernel's\n")
 	p("share in brackets. *Run-queue wait* is the time the proxy's threads sat runnable while the CPU ran something else\n")
-	p("(`/proc/PID/task/*/schedstat`), per request. RSS is `VmRSS` at the end of the run, peak `VmHWM`. On 2 cores wrk, the proxy\n")
+	p("(`/proc/PID/task/*/schedstat`), per request, and how often one of its threads was put on a CPU. RSS is `VmRSS` at the end of the run, peak `VmHWM`. On 2 cores wrk, the proxy\n")
 	p("and the upstream share the CPUs, as on a node whose cores are shared with workloads.\n\n")
 	for _, t := range l.tables {
 		direct, ngx := l.row(t.key, rowDirect), l.row(t.key, rowNginx)
 		p("### %s\n\nUpstream: %s at `%s`, ", t.title, t.up.title, t.up.addr)
 		if t.conns == 1 {
 			p("one connection from one pod: latency, not throughput.\n\n")
-			p("| # | configuration | p50 µs | p99 µs | p99.9 µs | p50 over direct | p99 over direct | req/s | CPU µs/req (kernel) | run-queue wait µs/req | RSS MiB (peak) |\n")
+			p("| # | configuration | p50 µs | p99 µs | p99.9 µs | p50 over direct | p99 over direct | req/s | CPU µs/req (kernel) | run-queue wait µs/req (wake-ups/req) | RSS MiB (peak) |\n")
 		} else {
 			p("%d connections.\n\n", t.conns)
-			p("| # | configuration | req/s | x nginx | p50 ms | p99 ms | p99 x nginx | p99.9 ms | CPU µs/req (kernel) | CPU x nginx | run-queue wait µs/req | RSS MiB (peak) |\n")
+			p("| # | configuration | req/s | x nginx | p50 ms | p99 ms | p99 x nginx | p99.9 ms | CPU µs/req (kernel) | CPU x nginx | run-queue wait µs/req (wake-ups/req) | RSS MiB (peak) |\n")
 		}
 		cols := 12
 		if t.conns == 1 {
@@ -178,7 +181,7 @@ func (r *report) writeLoad(p printer) {
 			st := l.row(t.key, rw)
 			cpu, cpuX, wait, rss := "-", "-", "-", "-"
 			if rw.session != sessDirect {
-				cpu, cpuX, wait = fmt.Sprintf("%.1f (%.0f%%)", st.cpu, 100*st.sysShare), fmt.Sprintf("%.2f", st.cpu/ngx.cpu), fmt.Sprintf("%.1f", st.wait)
+				cpu, cpuX, wait = fmt.Sprintf("%.1f (%.0f%%)", st.cpu, 100*st.sysShare), fmt.Sprintf("%.2f", st.cpu/ngx.cpu), fmt.Sprintf("%.1f (%.2f)", st.wait, st.slices)
 				rss = fmt.Sprintf("%.1f (%.1f)", st.rssMiB, st.peakMiB)
 			}
 			if t.conns == 1 {

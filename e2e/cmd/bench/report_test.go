@@ -11,7 +11,7 @@ import (
 // round numbers: per request, nginx costs 40 µs of CPU, metaguard 50.
 func fakeReport() *report {
 	o := options{duration: 6 * time.Second, warmup: time.Second, rounds: 3, conns: 16}
-	l := &loadResult{tables: tables(16, true), samples: map[string][]sample{}, startLoad: "1.00 1.00 1.00", endLoad: "2.00 2.00 2.00",
+	l := &loadResult{tables: tables(16, true, false), samples: map[string][]sample{}, startLoad: "1.00 1.00 1.00", endLoad: "2.00 2.00 2.00",
 		load1: []float64{1, 3, 2}, took: time.Minute, baseRev: "abc1234"}
 	rps := map[string]int64{"direct": 40000, "nginx": 20000, "allowed": 15000, "strip": 14000, "denied": 30000, "pool": 15500, "baseline": 12000}
 	p99 := map[string]float64{"direct": 500, "nginx": 1000, "allowed": 1900, "strip": 2500, "denied": 800, "pool": 1800, "baseline": 5000}

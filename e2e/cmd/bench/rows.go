@@ -47,6 +47,8 @@ const (
 	// sessPool is the checkout's build with --upstream-transport=pool.
 	sessPool     session = "pool"
 	sessBaseline session = "baseline"
+	// sessVariant is the checkout's build with other Go runtime settings.
+	sessVariant session = "variant"
 	// sessTraced is the checkout's build with the trace hook, for the
 	// tail's trace only.
 	sessTraced session = "traced"
@@ -69,6 +71,7 @@ var (
 	rowDeny   = row{"denied", "metaguard, denied credential path (403)", pathDenied, 403, sessMetaguard}
 	rowPool   = row{"pool", "metaguard, allowed path, hand-written upstream pool", pathAllowed, 200, sessPool}
 	rowBase   = row{"baseline", "metaguard at the baseline, allowed path", pathAllowed, 200, sessBaseline}
+	rowVar    = row{"variant", "metaguard with the variant's runtime settings, allowed path", pathAllowed, 200, sessVariant}
 )
 
 // table is one table of the report.
@@ -83,10 +86,13 @@ type table struct {
 	rows  []row
 }
 
-func tables(conns int, baseline bool) []table {
+func tables(conns int, baseline, variant bool) []table {
 	extra := []row{rowPool}
 	if baseline {
 		extra = append(extra, rowBase)
+	}
+	if variant {
+		extra = append(extra, rowVar)
 	}
 	return []table{
 		{"fast", "Fast stand-in, keep-alive", fast, true, conns, append([]row{rowDirect, rowNginx, rowAllow, rowStrip, rowDeny}, extra...)},
