@@ -51,10 +51,6 @@ type runOptions struct {
 	upstreamTimeout time.Duration
 	reloadInterval  time.Duration
 	nodeTaint       string
-	// upstreamTransport picks net/http's Transport (std) or the
-	// hand-written pool (pool): for make bench's side-by-side measurement
-	// only, and removed with the pool.
-	upstreamTransport string
 }
 
 // AddFlags registers the flags of docs/design.md, with NODE_NAME and HOST_IP
@@ -82,7 +78,6 @@ func (o *runOptions) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.upstreamTimeout, "upstream-timeout", 10*time.Second, "bound on one forwarded request (GCP long polls get their timeout_sec on top)")
 	fs.DurationVar(&o.reloadInterval, "reload-interval", time.Second, "how often the policy file is checked for changes")
 	fs.StringVar(&o.nodeTaint, "node-taint", "", "taint key to remove from this node once rules are in place and the proxy is ready (needs patch on nodes)")
-	fs.StringVar(&o.upstreamTransport, "upstream-transport", "std", "benchmark only, undocumented: std or pool")
 }
 
 type runConfig struct {
@@ -123,9 +118,6 @@ func (o *runOptions) validate() (runConfig, error) {
 	}
 	if o.identityWait < 0 || o.auditFlush < 0 || o.syncPeriod <= 0 || o.upstreamTimeout <= 0 || o.reloadInterval <= 0 {
 		return c, usageErr("durations must be positive (--identity-wait may be 0)")
-	}
-	if o.upstreamTransport != "std" && o.upstreamTransport != "pool" {
-		return c, usageErr("--upstream-transport: std or pool")
 	}
 	if o.auditDenyRate < 0 || o.auditDenyBurst < 0 {
 		return c, usageErr("--audit-deny-rate and --audit-deny-burst must not be negative")
@@ -207,12 +199,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var transport http.RoundTripper
-	if o.upstreamTransport == "pool" {
-		transport = proxy.NewPoolTransport()
-	}
 	srv, err := proxy.New(proxy.Config{
-		Transport:       transport,
 		Budget:          budget,
 		Policy:          store.Current,
 		Identities:      index,

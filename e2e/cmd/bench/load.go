@@ -91,7 +91,7 @@ func runLoad(ctx context.Context, s *sandbox.Sandbox, bins *binaries, o options)
 	if err := b.setup(ctx); err != nil {
 		return nil, err
 	}
-	sessions := []session{sessDirect, sessNginx, sessMetaguard, sessPool}
+	sessions := []session{sessDirect, sessNginx, sessMetaguard}
 	if bins.baseline != "" {
 		sessions = append(sessions, sessBaseline)
 	}
@@ -211,7 +211,7 @@ func (b *runner) runSession(ctx context.Context, round int, sess session) error 
 			return err
 		}
 		pids, stop = withChildren(b.nginx.Pid()), func() error { return b.dnatRules(ctx, "-D") }
-	case sessMetaguard, sessPool, sessBaseline:
+	case sessMetaguard, sessBaseline, sessVariant:
 		mg, stopMG, err := b.startMetaguard(ctx, sess, fmt.Sprintf("audit-%s-%d.jsonl", sess, round))
 		if err != nil {
 			return err
@@ -243,8 +243,6 @@ func (b *runner) runSession(ctx context.Context, round int, sess session) error 
 func (b *runner) startMetaguard(ctx context.Context, sess session, audit string) (*sandbox.Process, func() error, error) {
 	bin, args := b.bins.current, []string{"--config=" + b.policy, "--audit-log=" + filepath.Join(b.dir, audit), "--cleanup-on-exit=true", "--log-level=warn"}
 	switch sess {
-	case sessPool:
-		args = append(args, "--upstream-transport=pool")
 	case sessBaseline:
 		bin = b.bins.baseline
 	case sessTraced:

@@ -45,7 +45,7 @@ var stages = []struct {
 	{"serving pod connections: read and parse requests, run the handler, write responses", []string{"net/http.(*conn).serve"}, false},
 	{"metaguard's handler, forwarding included", []string{"metaguard.dev/metaguard/proxy.(*Server).ServeHTTP"}, false},
 	{"forwarding", []string{"net/http/httputil.(*ReverseProxy).ServeHTTP"}, false},
-	{"the upstream round trip on the handler's goroutine", []string{"net/http.(*Transport).roundTrip", "metaguard.dev/metaguard/proxy.(*upstreamTransport).RoundTrip"}, false},
+	{"the upstream round trip on the handler's goroutine", []string{"net/http.(*Transport).roundTrip"}, false},
 	{"the Transport's own goroutines (readLoop, writeLoop)", []string{"net/http.(*persistConn).readLoop", "net/http.(*persistConn).writeLoop"}, true},
 	{"identity lookup", []string{"metaguard.dev/metaguard/identity/podindex.(*Index).Lookup"}, false},
 	{"canonicalisation", []string{"metaguard.dev/metaguard/proxy.Canonicalize"}, false},

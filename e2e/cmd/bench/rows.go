@@ -44,9 +44,7 @@ const (
 	sessDirect    session = "direct"
 	sessNginx     session = "nginx"
 	sessMetaguard session = "metaguard"
-	// sessPool is the checkout's build with --upstream-transport=pool.
-	sessPool     session = "pool"
-	sessBaseline session = "baseline"
+	sessBaseline  session = "baseline"
 	// sessVariant is the checkout's build with other Go runtime settings.
 	sessVariant session = "variant"
 	// sessTraced is the checkout's build with the trace hook, for the
@@ -69,7 +67,6 @@ var (
 	rowAllow  = row{"allowed", "metaguard, allowed path", pathAllowed, 200, sessMetaguard}
 	rowStrip  = row{"strip", "metaguard, stripped listing `" + pathListing + "`", pathListing, 200, sessMetaguard}
 	rowDeny   = row{"denied", "metaguard, denied credential path (403)", pathDenied, 403, sessMetaguard}
-	rowPool   = row{"pool", "metaguard, allowed path, hand-written upstream pool", pathAllowed, 200, sessPool}
 	rowBase   = row{"baseline", "metaguard at the baseline, allowed path", pathAllowed, 200, sessBaseline}
 	rowVar    = row{"variant", "metaguard with the variant's runtime settings, allowed path", pathAllowed, 200, sessVariant}
 )
@@ -87,7 +84,7 @@ type table struct {
 }
 
 func tables(conns int, baseline, variant bool) []table {
-	extra := []row{rowPool}
+	var extra []row
 	if baseline {
 		extra = append(extra, rowBase)
 	}
