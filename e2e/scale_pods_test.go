@@ -141,14 +141,22 @@ type countingConn struct {
 	n *atomic.Int64
 }
 
-func (c countingConn) Read(p []byte) (int, error) { n, err := c.Conn.Read(p); c.n.Add(int64(n)); return n, err }
+func (c countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
 
 type countingBody struct {
 	io.ReadCloser
 	n *atomic.Int64
 }
 
-func (b countingBody) Read(p []byte) (int, error) { n, err := b.ReadCloser.Read(p); b.n.Add(int64(n)); return n, err }
+func (b countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
 
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
