@@ -227,7 +227,8 @@ func (r *report) writeTail(p printer) {
 	for c := range nCats {
 		p("| %s | %s | %s | %.0f%% |\n", catNames[c], us(t.all[c]), us(t.slow[c]), 100*float64(t.slow[c])/float64(slowTotal))
 	}
-	p("| of which in GC mark assists | %s | %s | %.0f%% |\n\n", us(t.assistAll), us(t.assistSlow), 100*float64(t.assistSlow)/float64(slowTotal))
+	p("| of all that, in GC mark assists | %s | %s | %.0f%% |\n", us(t.assistAll), us(t.assistSlow), 100*float64(t.assistSlow)/float64(slowTotal))
+	p("| of all that, while the world was stopped | %s | %s | %.0f%% |\n\n", us(t.stwAll), us(t.stwSlow), 100*float64(t.stwSlow)/float64(slowTotal))
 	p("Garbage collection in the traced span: %d cycles (%.1f per second), a mark phase running %.0f%% of the time; stop-the-world\n",
 		t.gcCycles, float64(t.gcCycles)/t.span.Seconds(), 100*t.gcMarkShare)
 	p("%.2f ms in all, at most %.0f µs at once. %.0f%% of all requests overlapped a mark phase and %.0f%% of the slowest 1%%;\n",

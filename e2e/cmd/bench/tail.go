@@ -24,24 +24,25 @@ const (
 	catRunning  = iota // on a CPU (as Go sees it: the kernel may have preempted the thread)
 	catRunnable        // runnable, waiting for one of GOMAXPROCS Ps
 	catSyscall         // in a system call
-	catChannel         // blocked on a channel or select: the Transport's read and write loops
+	catUpstream        // blocked until the upstream's answer reached the Transport's read loop
+	catChannel         // blocked on a channel after that: the read loop handing the answer over
 	catLock            // blocked on a mutex or condition variable
-	catNetwork         // blocked on a socket inside the handler (a transport reading inline)
 	catOther           // any other wait
 	nCats
 )
 
-var catNames = [nCats]string{"running", "runnable, waiting for a P", "in system calls", "blocked on channels (the Transport's goroutines)",
-	"blocked on locks", "blocked on the upstream socket", "other waits"}
+var catNames = [nCats]string{"running", "runnable, waiting for a P", "in system calls",
+	"waiting for the upstream: the request's write, the upstream's work, the answer's arrival",
+	"waiting for the Transport's read loop to hand the arrived answer over", "blocked on locks", "other waits"}
 
 // request is one request's time on metaguard's side.
 type request struct {
-	start, end trace.Time
-	by         [nCats]time.Duration
-	assist     time.Duration // in GC mark assists
-	gcOverlap  time.Duration // while a GC mark phase ran
-	stwOverlap time.Duration // while the world was stopped
-	lockedAt   map[string]time.Duration
+	start, end  trace.Time
+	by          [nCats]time.Duration
+	assist      time.Duration // in GC mark assists
+	stwOverlap  time.Duration // while the world was stopped
+	markOverlap time.Duration
+	lockedAt    map[string]time.Duration
 }
 
 func (r *request) total() time.Duration { return r.end.Sub(r.start) }
@@ -55,7 +56,8 @@ type tailResult struct {
 	p50, p99, p999            time.Duration
 	all, slow                 [nCats]time.Duration // mean per request
 	assistAll, assistSlow     time.Duration
-	gcShareAll, gcShareSlow   float64 // requests that overlapped a GC mark phase
+	stwAll, stwSlow           time.Duration // mean time per request inside a stop-the-world
+	gcShareAll, gcShareSlow   float64       // requests that overlapped a GC mark phase
 	stwShareAll, stwShareSlow float64
 	gcCycles                  int
 	gcMarkShare               float64 // of the span, a mark phase ran
@@ -117,6 +119,10 @@ type goroutine struct {
 	idle       bool     // waiting for the next request on its connection
 	req        *request // the request it serves, if any
 	assistFrom trace.Time
+	// netWait: its wait is on a socket; netReady: when the poller last
+	// woke it from one (for a read loop: when an upstream answer arrived).
+	netWait  bool
+	netReady trace.Time
 }
 
 // analyseTrace splits every client connection's goroutine into requests
@@ -181,14 +187,24 @@ func analyseTrace(r io.Reader) (*tailResult, error) {
 				g = &goroutine{since: now}
 				gs[id] = g
 			}
+			from, to := st.Goroutine()
 			if g.req != nil {
 				g.req.by[g.cat] += now.Sub(g.since)
 				if g.cat == catLock {
 					g.req.lockedAt[g.lock] += now.Sub(g.since)
 				}
+				// Woken from a channel by a goroutine the poller had woken
+				// from a socket since: until then the wait was the upstream.
+				if actor := gs[ev.Goroutine()]; g.cat == catChannel && to == trace.GoRunnable && actor != nil && actor.netReady > g.since {
+					d := actor.netReady.Sub(g.since)
+					g.req.by[catChannel] -= d
+					g.req.by[catUpstream] += d
+				}
 			}
-			from, to := st.Goroutine()
-			g.since, g.cat = now, catOther
+			if g.netWait && to == trace.GoRunnable {
+				g.netReady = now
+			}
+			g.since, g.cat, g.netWait = now, catOther, false
 			switch to {
 			case trace.GoRunning:
 				g.cat = catRunning
@@ -203,6 +219,7 @@ func analyseTrace(r io.Reader) (*tailResult, error) {
 			case trace.GoWaiting:
 				frames := stackFuncs(st.Stack)
 				inHandler := slices.ContainsFunc(frames, func(f string) bool { return strings.HasSuffix(f, ".ServeHTTP") })
+				g.netWait = st.Reason == "network"
 				switch reason := st.Reason; {
 				case reason == "network" && !inHandler && slices.Contains(frames, "net/http.(*conn).serve"):
 					if g.req != nil {
@@ -210,8 +227,6 @@ func analyseTrace(r io.Reader) (*tailResult, error) {
 						reqs = append(reqs, g.req)
 					}
 					g.idle, g.req = true, nil
-				case reason == "network":
-					g.cat = catNetwork
 				case strings.Contains(reason, "chan") || strings.Contains(reason, "select"):
 					g.cat = catChannel
 				case strings.Contains(reason, "sync"):
@@ -235,15 +250,15 @@ func analyseTrace(r io.Reader) (*tailResult, error) {
 		return d
 	}
 	for _, r := range reqs {
-		r.gcOverlap, r.stwOverlap = overlap(r, marks), overlap(r, stws)
+		r.markOverlap, r.stwOverlap = overlap(r, marks), overlap(r, stws)
 	}
 	slices.SortFunc(reqs, func(a, b *request) int { return cmp.Compare(a.total(), b.total()) })
 	at := func(p float64) time.Duration { return reqs[min(int(p*float64(len(reqs))), len(reqs)-1)].total() }
 	res.span, res.requests = last.Sub(first), len(reqs)
 	res.p50, res.p99, res.p999 = at(0.5), at(0.99), at(0.999)
 	slow := reqs[int(0.99*float64(len(reqs))):]
-	res.all, res.assistAll, res.gcShareAll, res.stwShareAll = summarise(reqs)
-	res.slow, res.assistSlow, res.gcShareSlow, res.stwShareSlow = summarise(slow)
+	res.all, res.assistAll, res.stwAll, res.gcShareAll, res.stwShareAll = summarise(reqs)
+	res.slow, res.assistSlow, res.stwSlow, res.gcShareSlow, res.stwShareSlow = summarise(slow)
 	for _, iv := range marks {
 		res.gcMarkShare += float64(iv.to.Sub(iv.from)) / float64(res.span)
 	}
@@ -266,24 +281,24 @@ func analyseTrace(r io.Reader) (*tailResult, error) {
 	return res, nil
 }
 
-// summarise is the mean time per request in each category and in assists,
-// and the share of requests that overlapped a GC mark phase and a
+// summarise is the mean time per request in each category, in assists and
+// inside stops of the world, and the share of requests that overlapped a GC mark phase and a
 // stop-the-world.
-func summarise(reqs []*request) (by [nCats]time.Duration, assist time.Duration, gc, stw float64) {
+func summarise(reqs []*request) (by [nCats]time.Duration, assist, stwTime time.Duration, gc, stw float64) {
 	n := time.Duration(len(reqs))
 	for _, r := range reqs {
 		for c := range by {
 			by[c] += r.by[c] / n
 		}
-		assist += r.assist / n
-		if r.gcOverlap > 0 {
+		assist, stwTime = assist+r.assist/n, stwTime+r.stwOverlap/n
+		if r.markOverlap > 0 {
 			gc++
 		}
 		if r.stwOverlap > 0 {
 			stw++
 		}
 	}
-	return by, assist, gc / float64(len(reqs)), stw / float64(len(reqs))
+	return by, assist, stwTime, gc / float64(len(reqs)), stw / float64(len(reqs))
 }
 
 func stackFuncs(s trace.Stack) []string {
