@@ -93,7 +93,7 @@ func NewWriter(dst io.Writer, opts Options) (*Writer, error) {
 	sink := &failures{dst: dst, w: w}
 	out := io.Writer(sink)
 	if opts.FlushInterval > 0 {
-		w.batch = &batch{dst: sink, buf: make([]byte, 0, batchBytes)}
+		w.batch = newBatch(sink)
 		out = w.batch
 	}
 	w.h = slog.NewJSONHandler(out, &slog.HandlerOptions{
@@ -204,10 +204,11 @@ func countsAttr(key string, m map[Reason]int) slog.Attr {
 // flush at the end: Close does, once every request has been written.
 func (w *Writer) Run(ctx context.Context) {
 	var flush <-chan time.Time
+	var full <-chan struct{}
 	if w.batch != nil {
 		t := time.NewTicker(w.opts.FlushInterval)
 		defer t.Stop()
-		flush = t.C
+		flush, full = t.C, w.batch.full
 	}
 	var summarize <-chan time.Time
 	if w.budget != nil {
@@ -220,6 +221,8 @@ func (w *Writer) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-flush:
+			w.Flush()
+		case <-full:
 			w.Flush()
 		case now := <-summarize:
 			w.summarize(ctx, now)
@@ -278,41 +281,74 @@ func (f *failures) Write(p []byte) (int, error) {
 
 // batch collects whole lines and writes them in one write per flush
 // instead of one write syscall per request, which was most of the audit
-// log's cost on the request path. What a hard crash can lose is bounded by
-// the flush interval; a graceful stop (Close) loses nothing.
+// log's cost on the request path. A request only appends its line under a
+// short lock; the write happens on the flushing goroutine (Run: every
+// FlushInterval, and as soon as half a batch waits), with that lock released.
+// A request waited for the write when it filled the buffer, and every other
+// request then waited behind it on the lock: the most frequent lock wait of
+// the slowest requests (BENCHMARKS.md). Only when the destination cannot
+// keep up and a whole batch is waiting does a request write it itself, so
+// a destination that blocks slows Write rather than losing lines.
+// What a hard crash can lose is bounded by the flush interval; a graceful
+// stop (Close) loses nothing.
 type batch struct {
-	dst io.Writer
+	dst  io.Writer
+	full chan struct{} // half a batch waits: wakes Run
+
 	mu  sync.Mutex
-	buf []byte
+	buf []byte // lines waiting, at most batchBytes
+
+	wmu   sync.Mutex // one write at a time, so lines stay in order
+	spare []byte     // the buffer swapped in at the next flush; under wmu
+}
+
+func newBatch(dst io.Writer) *batch {
+	return &batch{dst: dst, full: make(chan struct{}, 1), buf: make([]byte, 0, batchBytes), spare: make([]byte, 0, batchBytes)}
 }
 
 func (b *batch) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	// Flushing first keeps every line in one write.
-	if len(b.buf)+len(p) > batchBytes {
-		b.flushLocked()
-	}
 	if len(p) > batchBytes {
+		// Flushing first keeps the lines in order.
+		b.wmu.Lock()
+		defer b.wmu.Unlock()
+		b.flushLocked()
 		return b.dst.Write(p)
 	}
+	b.mu.Lock()
+	for len(b.buf)+len(p) > batchBytes {
+		b.mu.Unlock()
+		b.flush()
+		b.mu.Lock()
+	}
 	b.buf = append(b.buf, p...)
+	full := len(b.buf) >= batchBytes/2
+	b.mu.Unlock()
+	if full {
+		select {
+		case b.full <- struct{}{}:
+		default:
+		}
+	}
 	return len(p), nil
 }
 
 func (b *batch) flush() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
 	b.flushLocked()
 }
 
+// flushLocked writes what is waiting; the caller holds wmu.
 func (b *batch) flushLocked() {
-	if len(b.buf) == 0 {
-		return
+	b.mu.Lock()
+	out := b.buf
+	b.buf, b.spare = b.spare[:0], nil
+	b.mu.Unlock()
+	if len(out) > 0 {
+		// A destination that failed (a full disk) would keep refusing the
+		// same bytes; they are dropped (and counted by failures) and the
+		// writer goes on.
+		_, _ = b.dst.Write(out)
 	}
-	// A destination that failed (a full disk) would keep refusing the
-	// same bytes; they are dropped (and counted by failures) and the
-	// writer goes on.
-	_, _ = b.dst.Write(b.buf)
-	b.buf = b.buf[:0]
+	b.spare = out[:0]
 }
