@@ -144,13 +144,18 @@ func (w *Writer) encode(ctx context.Context, r *Record) {
 	if keys == nil {
 		keys = []string{}
 	}
-	rec.AddAttrs(
+	// The fields go in as one group without a key, which the handler
+	// writes inline: a Record keeps five attributes in place and
+	// allocates for more, and the group's slices come from a pool.
+	la := lineAttrs.Get().(*attrBuffers)
+	defer la.put()
+	la.fields = append(la.fields,
 		slog.String("src_ip", src),
 		slog.String("pod", r.Pod),
 		slog.String("namespace", r.Namespace),
 		slog.String("pod_uid", r.PodUID),
 		slog.String("service_account", r.ServiceAccount),
-		labelsAttr("labels", r.Labels),
+		labelsAttr(la.labels[:0], "labels", r.Labels),
 		slog.String("endpoint", r.Endpoint),
 		slog.String("method", r.Method),
 		slog.String("path", r.Path),
@@ -167,22 +172,43 @@ func (w *Writer) encode(ctx context.Context, r *Record) {
 		for _, n := range r.Suppressed {
 			total += n
 		}
-		rec.AddAttrs(slog.Int("suppressed", total), countsAttr("suppressed_by_reason", r.Suppressed))
+		la.fields = append(la.fields, slog.Int("suppressed", total), countsAttr("suppressed_by_reason", r.Suppressed))
 	}
+	rec.AddAttrs(slog.Attr{Value: slog.GroupValue(la.fields...)})
 	// The handler's only errors are the destination's, which failures
 	// counts and reports.
 	_ = w.h.Handle(ctx, rec)
 }
 
+// attrBuffers are one line's attributes, reused: the handler is done with
+// them when Handle returns.
+type attrBuffers struct {
+	fields, labels []slog.Attr
+}
+
+var lineAttrs = sync.Pool{New: func() any {
+	return &attrBuffers{fields: make([]slog.Attr, 0, 18), labels: make([]slog.Attr, 0, 16)}
+}}
+
+// put clears the buffers, so a pooled one holds no record's strings or
+// maps, and returns them to the pool.
+func (b *attrBuffers) put() {
+	clear(b.fields[:cap(b.fields)])
+	clear(b.labels[:cap(b.labels)])
+	b.fields, b.labels = b.fields[:0], b.labels[:0]
+	lineAttrs.Put(b)
+}
+
 // labelsAttr renders a string map as a JSON object through slog's own
-// encoder, sorted by key: slog.Any on a map goes through reflection and
-// encoding/json, which cost more than the rest of the line together.
-func labelsAttr(key string, m map[string]string) slog.Attr {
+// encoder, sorted by key, in buf: slog.Any on a map goes through
+// reflection and encoding/json, which cost more than the rest of the line
+// together.
+func labelsAttr(buf []slog.Attr, key string, m map[string]string) slog.Attr {
 	if len(m) == 0 {
 		// slog drops an empty group; the field must still be there.
 		return slog.Any(key, struct{}{})
 	}
-	attrs := make([]slog.Attr, 0, len(m))
+	attrs := buf
 	for k, v := range m {
 		attrs = append(attrs, slog.String(k, v))
 	}
