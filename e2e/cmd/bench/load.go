@@ -57,7 +57,7 @@ type loadResult struct {
 	load1              []float64 // the 1-minute load average at each run
 	took               time.Duration
 	profile            *profileResult
-	tail               *tailResult
+	tails              []*tailResult // the DaemonSet's settings, then the variant's
 	baseRev            string
 }
 
@@ -121,8 +121,16 @@ func runLoad(ctx context.Context, s *sandbox.Sandbox, bins *binaries, o options)
 		}
 	}
 	if o.trace {
-		if b.res.tail, err = b.traceAllowed(ctx); err != nil {
-			return nil, fmt.Errorf("trace: %w", err)
+		traced := []session{sessTraced}
+		if o.variant != "" {
+			traced = append(traced, sessTracedVariant)
+		}
+		for _, sess := range traced {
+			t, err := b.traceAllowed(ctx, sess)
+			if err != nil {
+				return nil, fmt.Errorf("trace: %w", err)
+			}
+			b.res.tails = append(b.res.tails, t)
 		}
 	}
 	return b.res, nil
@@ -245,7 +253,7 @@ func (b *runner) startMetaguard(ctx context.Context, sess session, audit string)
 	switch sess {
 	case sessBaseline:
 		bin = b.bins.baseline
-	case sessTraced:
+	case sessTraced, sessTracedVariant:
 		bin = b.bins.traced
 	}
 	if b.iptable == "iptables-nft" {
@@ -254,7 +262,7 @@ func (b *runner) startMetaguard(ctx context.Context, sess session, audit string)
 	if err := b.bins.use(bin); err != nil {
 		return nil, nil, err
 	}
-	if sess == sessVariant {
+	if sess == sessVariant || sess == sessTracedVariant {
 		// The sandbox starts metaguard with the applied DaemonSet's Go
 		// settings: the variant's stand in for them while it starts.
 		restore, err := b.setGoEnv(ctx, strings.Fields(b.o.variant))

@@ -206,42 +206,51 @@ func (r *report) writeLoad(p printer) {
 }
 
 func (r *report) writeTail(p printer) {
-	t := r.load.tail
 	p("## The tail at %d connections\n\n", r.opts.conns)
-	if t == nil {
+	if len(r.load.tails) == 0 {
 		p("Not traced in this run (-trace=false).\n\n")
 		return
 	}
-	us := func(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/1e3) }
 	p("The checkout's build with a hook that starts the runtime's tracer on a signal (`runtime/trace`; nothing else differs)\n")
-	p("ran as in the allowed row of the first table and was traced for %.1f s of one wrk run (%.0f req/s, wrk's p99 %.2f ms over\n", t.span.Seconds(), t.clientRPS, t.clientP99/1000)
-	p("the whole run; tracing slows it). Each client connection's goroutine is cut into requests: from the moment the poller\n")
-	p("makes it runnable with a request to read, to its next wait for one. That is a request's whole time on metaguard's side,\n")
-	p("reading and parsing, the handler, forwarding, writing the answer, and its waits for a P. %d requests; on metaguard's side\n", t.requests)
-	p("p50 %s µs, p99 %s µs, p99.9 %s µs. Mean µs per request, for all requests and for the slowest 1%%:\n\n", us(t.p50), us(t.p99), us(t.p999))
+	p("runs as in the allowed row of the first table and is traced for the middle of one wrk run (tracing slows it). Each\n")
+	p("client connection's goroutine is cut into requests: from the moment the poller makes it runnable with a request to\n")
+	p("read, to its next wait for one; that is a request's whole time on metaguard's side. A wait on a channel that a\n")
+	p("goroutine ends which the poller had woken from a socket since (the Transport's read loop, once the upstream's answer\n")
+	p("arrived) is split at that moment. Mean µs per request, for all requests and for the slowest 1%%.\n\n")
+	for _, t := range r.load.tails {
+		r.writeTrace(p, t)
+	}
+}
+
+func (r *report) writeTrace(p printer, t *tailResult) {
+	us := func(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/1e3) }
+	p("### Traced with %s\n\n%.1f s at %.0f req/s (wrk's p99 %.2f ms over the run); %d requests, on metaguard's side p50 %s µs,\n",
+		t.label, t.span.Seconds(), t.clientRPS, t.clientP99/1000, t.requests, us(t.p50))
+	p("p99 %s µs, p99.9 %s µs.\n\n", us(t.p99), us(t.p999))
 	p("| where the time went | all requests | slowest 1%% | share of the slowest 1%% |\n| --- | ---: | ---: | ---: |\n")
 	var slowTotal time.Duration
 	for _, d := range t.slow {
 		slowTotal += d
 	}
+	share := func(d time.Duration) float64 { return 100 * float64(d) / float64(slowTotal) }
 	for c := range nCats {
-		p("| %s | %s | %s | %.0f%% |\n", catNames[c], us(t.all[c]), us(t.slow[c]), 100*float64(t.slow[c])/float64(slowTotal))
+		p("| %s | %s | %s | %.0f%% |\n", catNames[c], us(t.all[c]), us(t.slow[c]), share(t.slow[c]))
 	}
-	p("| of all that, in GC mark assists | %s | %s | %.0f%% |\n", us(t.assistAll), us(t.assistSlow), 100*float64(t.assistSlow)/float64(slowTotal))
-	p("| of all that, while the world was stopped | %s | %s | %.0f%% |\n\n", us(t.stwAll), us(t.stwSlow), 100*float64(t.stwSlow)/float64(slowTotal))
-	p("Garbage collection in the traced span: %d cycles (%.1f per second), a mark phase running %.0f%% of the time; stop-the-world\n",
-		t.gcCycles, float64(t.gcCycles)/t.span.Seconds(), 100*t.gcMarkShare)
-	p("%.2f ms in all, at most %.0f µs at once. %.0f%% of all requests overlapped a mark phase and %.0f%% of the slowest 1%%;\n",
-		float64(t.stwTotal)/1e6, float64(t.stwMax)/1e3, 100*t.gcShareAll, 100*t.gcShareSlow)
-	p("%.1f%% of all requests overlapped a stop-the-world and %.1f%% of the slowest 1%%.\n\n", 100*t.stwShareAll, 100*t.stwShareSlow)
+	p("| of all that, in GC mark assists | %s | %s | %.0f%% |\n", us(t.assistAll), us(t.assistSlow), share(t.assistSlow))
+	p("| of all that, while the world was stopped | %s | %s | %.0f%% |\n\n", us(t.stwAll), us(t.stwSlow), share(t.stwSlow))
+	p("Garbage collection: %d cycles (%.1f per second), a mark phase running %.0f%% of the time; stop-the-world %.2f ms in all,\n",
+		t.gcCycles, float64(t.gcCycles)/t.span.Seconds(), 100*t.gcMarkShare, float64(t.stwTotal)/1e6)
+	p("at most %.0f µs at once. %.0f%% of all requests overlapped a mark phase and %.0f%% of the slowest 1%%; %.1f%% of all\n",
+		float64(t.stwMax)/1e3, 100*t.gcShareAll, 100*t.gcShareSlow, 100*t.stwShareAll)
+	p("overlapped a stop-the-world and %.1f%% of the slowest 1%%.", 100*t.stwShareSlow)
 	if len(t.slowLocks) > 0 {
-		p("Where the slowest 1%% waited on locks (share of their lock wait): ")
 		var s []string
 		for _, l := range t.slowLocks {
 			s = append(s, fmt.Sprintf("`%s` %.0f%%", l.name, l.pct))
 		}
-		p("%s.\n\n", strings.Join(s, ", "))
+		p(" Where the slowest 1%% waited on locks: %s.", strings.Join(s, ", "))
 	}
+	p("\n\n")
 }
 
 func (r *report) writeProfile(p printer) {

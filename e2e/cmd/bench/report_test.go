@@ -37,7 +37,7 @@ func fakeReport() *report {
 	}
 	l.profile = &profileResult{samples: 7000, rps: 15000, self: []perfLine{{name: "pvm_irq_enable", kernel: true, pct: 29.2}},
 		children: []perfLine{{name: "net/http.(*conn).serve", pct: 45.6}}, groups: []perfLine{{name: "kernel", pct: 49.1}}, stages: []perfLine{{name: "decision", pct: 0.5}}}
-	l.tail = &tailResult{span: 4 * time.Second, requests: 40000, p50: 300 * time.Microsecond, p99: 3 * time.Millisecond, gcCycles: 8}
+	l.tails = []*tailResult{{label: "the DaemonSet's settings", span: 4 * time.Second, requests: 40000, p50: 300 * time.Microsecond, p99: 3 * time.Millisecond, gcCycles: 8}}
 	g := &goBenchResult{benchtime: "1s", results: []goBench{
 		{pkg: "metaguard.dev/metaguard/proxy/policy", name: "BenchmarkDecide/rules=100/_latest_meta-data_", nsPerOp: 640},
 		{pkg: "metaguard.dev/metaguard/identity/podindex", name: "BenchmarkLookupHit", nsPerOp: 21},

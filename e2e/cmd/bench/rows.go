@@ -50,6 +50,8 @@ const (
 	// sessTraced is the checkout's build with the trace hook, for the
 	// tail's trace only.
 	sessTraced session = "traced"
+	// sessTracedVariant is that build with the variant's settings.
+	sessTracedVariant session = "traced-variant"
 )
 
 // row is one configuration of a table.

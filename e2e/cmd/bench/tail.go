@@ -50,6 +50,7 @@ func (r *request) total() time.Duration { return r.end.Sub(r.start) }
 // tailResult is what the trace says about the slowest 1% of requests
 // against all of them.
 type tailResult struct {
+	label                     string // the Go runtime settings traced
 	span                      time.Duration
 	requests                  int
 	clientRPS, clientP99      float64 // wrk's, over the whole traced run
@@ -67,11 +68,11 @@ type tailResult struct {
 
 // traceAllowed runs the traced build as in the allowed row and traces it
 // for the middle of one wrk run.
-func (b *runner) traceAllowed(ctx context.Context) (*tailResult, error) {
-	logf("tracing metaguard with runtime/trace")
-	path := filepath.Join(b.dir, "metaguard.trace")
+func (b *runner) traceAllowed(ctx context.Context, sess session) (*tailResult, error) {
+	logf("tracing metaguard (%s) with runtime/trace", sess)
+	path := filepath.Join(b.dir, string(sess)+".trace")
 	os.Setenv("METAGUARD_BENCH_TRACE", path)
-	mg, stop, err := b.startMetaguard(ctx, sessTraced, "audit-trace.jsonl")
+	mg, stop, err := b.startMetaguard(ctx, sess, "audit-"+string(sess)+".jsonl")
 	os.Unsetenv("METAGUARD_BENCH_TRACE")
 	if err != nil {
 		return nil, err
@@ -107,7 +108,10 @@ func (b *runner) traceAllowed(ctx context.Context) (*tailResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	res.clientRPS, res.clientP99 = w.RPS(), w.Pct(99)
+	res.label, res.clientRPS, res.clientP99 = "the DaemonSet's settings", w.RPS(), w.Pct(99)
+	if sess == sessTracedVariant {
+		res.label = "`" + b.o.variant + "`"
+	}
 	return res, nil
 }
 
