@@ -5,18 +5,23 @@
 #   make demo    a local node sandbox and a guided tour (root)
 #   make bench   side-by-side benchmarks into BENCHMARKS.md (root)
 #   make lint    gofmt, go vet, staticcheck
-#   make image   the container image (needs a container engine)
+#   make manifests  re-render deploy/ from charts/metaguard
+#   make image   the container image as an OCI archive, bin/metaguard-image.tar,
+#                without a container engine (root; debootstrap)
+#   make e2e-node  the end-to-end tests on a real kubelet node (root)
 
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
+# The name make image gives the image (normalised: docker.io/library/...).
+IMAGE     ?= metaguard:$(VERSION)
 # Bounded fuzzing in CI; the seed corpora also run in every plain go test.
 FUZZTIME  ?= 60000x
 
 include e2e/tools/tools.mk
 
-.PHONY: all build test unit e2e demo bench lint fuzz image clean bin/metaguard bin/fakecloud bin/podclient
+.PHONY: all build test unit e2e e2e-node demo bench lint fuzz image image-engine clean manifests bin/metaguard bin/fakecloud bin/podclient bin/pause bin/imagebuild
 
 all: build
 
@@ -31,6 +36,12 @@ bin/fakecloud:
 bin/podclient:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./e2e/cmd/podclient
 
+bin/pause:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $@ ./e2e/cmd/pause
+
+bin/imagebuild:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./deploy/image/cmd/imagebuild
+
 # The AWS SDK for JavaScript's IMDS credential provider, pinned by
 # e2e/jsclient/package-lock.json, installed with the machine's Node.js and
 # npm into bin/jsclient (git-ignored, like every build output).
@@ -42,14 +53,24 @@ bin/jsclient/.installed: $(JSCLIENT_SRC)
 	touch $@
 bin/jsclient: bin/jsclient/.installed
 
-test: lint unit fuzz e2e
+test: lint unit fuzz e2e e2e-node
 
 unit:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
+	# The memory-cost measurements are meaningless under -race (its shadow
+	# memory and bigger stacks): they run once without it.
+	$(GO) test -count=1 -run 'TestMeasuredCosts|TestStripping' ./proxy
 
+# The node sandbox with metaguard as a process; the real-node tests
+# (TestNode*) are e2e-node's.
 e2e: e2e-tools bin/metaguard bin/fakecloud bin/podclient bin/jsclient
-	$(GO) test -tags e2e -count=1 -timeout 30m ./e2e/...
+	$(GO) test -tags e2e -count=1 -timeout 30m -skip '^TestNode' ./e2e/...
+
+# metaguard as users run it: its image (make image) on a real kubelet,
+# containerd and runc, from the shipped manifests.
+e2e-node: e2e-node-tools image bin/fakecloud bin/podclient bin/pause
+	$(GO) test -tags e2e -count=1 -timeout 30m -run '^TestNode' ./e2e/...
 
 demo: e2e-tools bin/metaguard bin/fakecloud bin/podclient
 	$(GO) run ./e2e/cmd/demo
@@ -83,11 +104,25 @@ fuzz:
 	$(FUZZ) -fuzz '^FuzzOnePodCannotWidenWhatItsGroupIsGranted$$' -fuzztime 400x ./proxy/policy/suggest
 	$(FUZZ) -fuzz '^FuzzCanonicalPath$$' -fuzztime $(FUZZTIME) ./proxy/policy
 
+# deploy/ is rendered from the chart (one source of truth); a unit test
+# fails when the committed files differ from a fresh render.
+manifests:
+	$(GO) test -count=1 -run '^TestDeployIsRenderedFromChart$$' ./deploy -update
+
+# The image as an OCI archive, without a container engine: a Debian root
+# from debootstrap (root; the first build downloads Debian's packages, later
+# ones reuse bin/image-cache), the iptables wrapper and bin/metaguard.
+# Push it with any OCI tool, e.g. skopeo copy oci-archive:bin/metaguard-image.tar docker://REGISTRY/metaguard:TAG
+image: bin/metaguard bin/imagebuild
+	bin/imagebuild metaguard -out bin/metaguard-image.tar -ref $(IMAGE) -binary bin/metaguard \
+		-wrapper deploy/image/iptables-wrapper -version $(VERSION) -revision $(REVISION)
+
+# The same image from the Dockerfile, for machines with a container engine.
 ENGINE ?= $(shell command -v docker || command -v podman)
 
-image:
-	@test -n "$(ENGINE)" || { echo "make image needs docker or podman"; exit 1; }
-	$(ENGINE) build --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) -t metaguard:$(VERSION) .
+image-engine:
+	@test -n "$(ENGINE)" || { echo "make image-engine needs docker or podman (make image needs neither)"; exit 1; }
+	$(ENGINE) build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE) .
 
 clean:
 	rm -rf bin

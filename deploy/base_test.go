@@ -173,7 +173,7 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet) {
 	}
 	c := spec.Containers[0]
 
-	wantArgs := []string{"run", "--config=" + policyDir + "/" + policyKey, "--listen=:8181", "--metrics-listen=:9181"}
+	wantArgs := []string{"run", "--config=" + policyDir + "/" + policyKey, "--listen=:8169", "--metrics-listen=:9181"}
 	if !slices.Equal(c.Args[:min(len(c.Args), len(wantArgs))], wantArgs) || len(c.Command) != 0 {
 		t.Errorf("command %q args %q, want the image's entrypoint with args starting %q", c.Command, c.Args, wantArgs)
 	}
@@ -183,7 +183,7 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet) {
 	checkEnvField(t, c, "HOST_IP", "status.hostIPs")
 
 	wantPorts := []corev1.ContainerPort{
-		{Name: "proxy", ContainerPort: 8181, Protocol: corev1.ProtocolTCP},
+		{Name: "proxy", ContainerPort: 8169, Protocol: corev1.ProtocolTCP},
 		{Name: "metrics", ContainerPort: 9181, Protocol: corev1.ProtocolTCP},
 	}
 	if !slices.Equal(c.Ports, wantPorts) {

@@ -7,14 +7,17 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 )
 
@@ -29,13 +32,27 @@ type object struct {
 // and duplicate fields are errors, and field names are case-sensitive as
 // in the API server (encoding/json would take readOnlyRootFileSystem for
 // readOnlyRootFilesystem, which the server then drops).
-var decoder = serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
+// The Prometheus Operator's kinds are decoded into its own Go types, as
+// strictly as the built-in ones.
+var decoder = serializer.NewCodecFactory(manifestScheme(), serializer.EnableStrict).UniversalDeserializer()
+
+func manifestScheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{scheme.AddToScheme, monitoringv1.AddToScheme} {
+		if err := add(s); err != nil {
+			panic(err)
+		}
+	}
+	return s
+}
 
 // allowedKinds are the kinds deploy/ is meant to contain: a new kind has to
 // be added here, and so reviewed, before the tests accept it.
 var allowedKinds = map[string]bool{
 	"Namespace": true, "ServiceAccount": true, "ConfigMap": true, "ResourceQuota": true,
 	"ClusterRole": true, "ClusterRoleBinding": true, "DaemonSet": true,
+	"ValidatingAdmissionPolicy": true, "ValidatingAdmissionPolicyBinding": true,
+	"Service": true, "PodMonitor": true, "ServiceMonitor": true, "PrometheusRule": true,
 }
 
 // decodeManifests splits a multi-document YAML stream and decodes each
@@ -138,24 +155,17 @@ func loadDir(t *testing.T, dir string) []object {
 	return out
 }
 
-// render builds a kustomization the way `kubectl apply -k` would, with
-// kubectl's built-in kustomize or a kustomize binary; the test is skipped
-// when neither is installed.
-func render(t *testing.T, dir string) []object {
+// kustomizeBuild builds a kustomization the way `kubectl apply -k` would, with
+// kustomize's own library (kubectl embeds the same).
+func kustomizeBuild(t *testing.T, dir string) []object {
 	t.Helper()
-	var cmd *exec.Cmd
-	if path, err := exec.LookPath("kubectl"); err == nil {
-		cmd = exec.CommandContext(t.Context(), path, "kustomize", dir)
-	} else if path, err := exec.LookPath("kustomize"); err == nil {
-		cmd = exec.CommandContext(t.Context(), path, "build", dir)
-	} else {
-		t.Skip("neither kubectl nor kustomize is installed; overlays are checked file by file only")
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	res, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
 	if err != nil {
-		t.Fatalf("rendering %s: %v\n%s", dir, err, stderr.String())
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	out, err := res.AsYaml()
+	if err != nil {
+		t.Fatal(err)
 	}
 	objs, err := decodeManifests(dir, out)
 	if err != nil {

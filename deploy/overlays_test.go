@@ -17,7 +17,11 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-const nodeTaintArg = "--node-taint=metaguard.dev/not-ready"
+const nodeTaintArg = "--node-taint=" + nodeTaintKey
+
+// nodeTaintKey has the prefix the cluster autoscaler reads as a startup
+// taint.
+const nodeTaintKey = "startup-taint.cluster-autoscaler.kubernetes.io/metaguard-not-ready"
 
 // policyDoc is the part of the policy format these tests check. The full
 // format is validated by `metaguard validate`; here only the deployment's
@@ -60,9 +64,12 @@ var overlays = []overlay{
 		},
 	},
 	{
-		dir:       "overlays/gcp",
-		endpoints: map[string]string{"gcp": "169.254.169.254:80 gcp"},
-		extra:     []string{"ResourceQuota"},
+		dir: "overlays/gcp",
+		endpoints: map[string]string{
+			"gcp":    "169.254.169.254:80 gcp",
+			"gcp-v6": "[fd20:ce::254]:80 gcp",
+		},
+		extra: []string{"ResourceQuota"},
 	},
 	{
 		dir: "overlays/azure",
@@ -163,7 +170,7 @@ func TestOverlayKustomizations(t *testing.T) {
 // TestRenderedOverlays builds each kustomization as `kubectl apply -k`
 // would and checks the objects that would reach the API server.
 func TestRenderedOverlays(t *testing.T) {
-	base := render(t, "base")
+	base := kustomizeBuild(t, "base")
 	baseDS := find[*appsv1.DaemonSet](t, base, "DaemonSet", "metaguard")
 
 	cases := []struct {
@@ -181,7 +188,7 @@ func TestRenderedOverlays(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name+" renders the base objects with only its own changes", func(t *testing.T) {
-			objs := render(t, c.dir)
+			objs := kustomizeBuild(t, c.dir)
 			checkRendered(t, objs, baseDS, c.nodeTaint, c.extra)
 			if c.policy != "" {
 				want, err := os.ReadFile(c.policy)
@@ -216,7 +223,7 @@ func TestRenderedOverlays(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		objs := render(t, dir)
+		objs := kustomizeBuild(t, dir)
 		checkRendered(t, objs, baseDS, true, nil)
 		cm := find[*corev1.ConfigMap](t, objs, "ConfigMap", "metaguard-policy")
 		checkPolicy(t, overlays[0], []byte(cm.Data[policyKey]))

@@ -221,11 +221,14 @@ func contains(s, sub string) bool { return strings.Contains(s, sub) }
 // budget is the request path budget metaguard derived from its Go memory
 // limit and logged at start-up: the caps the flood tests are bounded by.
 type budget struct {
-	Conns             int `json:"connections"`
-	ConnsPerSource    int `json:"connections_per_source"`
-	InFlight          int `json:"in_flight"`
-	InFlightPerSource int `json:"in_flight_per_source"`
-	LongPolls         int `json:"long_polls"`
+	MemoryLimit         int64 `json:"memory_limit"`
+	Conns               int   `json:"connections"`
+	ConnsPerSource      int   `json:"connections_per_source"`
+	InFlight            int   `json:"in_flight"`
+	InFlightPerSource   int   `json:"in_flight_per_source"`
+	LongPolls           int   `json:"long_polls"`
+	StripBytes          int64 `json:"strip_bytes"`
+	StripBytesPerSource int64 `json:"strip_bytes_per_source"`
 }
 
 func (n *node) budget() budget {

@@ -15,7 +15,7 @@ func TestBudgetForFitsTheCapsUnderTheMemoryBudget(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		worst := int64(b.Conns)*connCost + int64(b.InFlight)*flightCost + b.StripBytes
+		worst := int64(b.Conns)*connCost + int64(b.InFlight)*flightCost + b.StripBytes*stripCost
 		if worst > mem {
 			t.Errorf("%d MiB: the caps together allow %d bytes", mem>>20, worst)
 		}

@@ -125,41 +125,67 @@ func TestUpstreamDownIs502AndSlowIs504(t *testing.T) {
 }
 
 func TestGCPLongPollOutlivesTheUpstreamTimeoutAndStreams(t *testing.T) {
+	const upstreamTimeout = 100 * time.Millisecond
+	arrived := make(chan time.Time, 1)
 	h := newHarness(t, "gcp", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("wait_for_change") == "true" {
-			time.Sleep(300 * time.Millisecond)
+			arrived <- time.Now()
+			// The change comes after the upstream timeout has passed: only
+			// the long poll's own timeout_sec keeps the request alive.
+			select {
+			case <-time.After(3 * upstreamTimeout):
+			case <-r.Context().Done():
+				return
+			}
 		}
 		w.Header().Set("ETag", "e2")
 		io.WriteString(w, "changed")
-	}, func(c *Config) { c.UpstreamTimeout = 100 * time.Millisecond })
+	}, func(c *Config) { c.UpstreamTimeout = upstreamTimeout })
 	resp, body := h.do(plainPod, "GET", "/computeMetadata/v1/instance/attributes/x?wait_for_change=true&timeout_sec=2&last_etag=e1", http.Header{"Metadata-Flavor": {"Google"}})
+	select {
+	case at := <-arrived:
+		if held := time.Since(at); held <= upstreamTimeout {
+			t.Fatalf("the upstream held the poll only %s, not past the %s upstream timeout", held, upstreamTimeout)
+		}
+	default:
+		t.Fatal("the long poll never reached the upstream")
+	}
 	if resp.StatusCode != 200 || body != "changed" {
 		t.Fatalf("long poll: status %d body %q", resp.StatusCode, body)
 	}
 }
 
 func TestLongPollIsCancelledWhenTheClientGoes(t *testing.T) {
-	cancelled := make(chan struct{})
-	h := newHarness(t, "gcp", func(w http.ResponseWriter, r *http.Request) {
-		<-r.Context().Done()
-		close(cancelled)
-	})
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: plainPod.AsSlice()}}
-	c, err := d.Dial("tcp", h.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.WriteString(c, "GET /computeMetadata/v1/instance/?wait_for_change=true&timeout_sec=60 HTTP/1.1\r\nHost: metadata.google.internal\r\nMetadata-Flavor: Google\r\n\r\n")
-	// Wait until the request is upstream, then hang up.
-	deadline := time.Now().Add(5 * time.Second)
-	for len(h.up.received()) == 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	c.Close()
-	select {
-	case <-cancelled:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the upstream long poll was not cancelled after the client left")
+	for _, target := range []string{
+		"/computeMetadata/v1/instance/attributes/x?wait_for_change=true&timeout_sec=60",
+		// A stripped listing, whose long poll the proxy runs itself.
+		"/computeMetadata/v1/instance/?wait_for_change=true&timeout_sec=60",
+	} {
+		t.Run(target, func(t *testing.T) {
+			arrived, cancelled := make(chan struct{}), make(chan struct{})
+			h := newHarness(t, "gcp", func(w http.ResponseWriter, r *http.Request) {
+				close(arrived)
+				<-r.Context().Done()
+				close(cancelled)
+			})
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: plainPod.AsSlice()}}
+			c, err := d.Dial("tcp", h.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.WriteString(c, "GET "+target+" HTTP/1.1\r\nHost: metadata.google.internal\r\nMetadata-Flavor: Google\r\n\r\n")
+			select {
+			case <-arrived:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the long poll never reached the upstream")
+			}
+			c.Close()
+			select {
+			case <-cancelled:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the upstream long poll was not cancelled after the client left")
+			}
+		})
 	}
 }
 

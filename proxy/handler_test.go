@@ -353,3 +353,58 @@ func TestNoValidPolicyRefusesEverythingAndSaysWhy(t *testing.T) {
 		t.Errorf("audit %+v, want deny policy-invalid", l)
 	}
 }
+
+// TestAlertedSeriesExistBeforeTheFirstEvent: rate() cannot see a counter
+// born at 1, so the series alerts watch exist at zero from the start, and
+// for every endpoint of a policy reloaded later.
+func TestAlertedSeriesExistBeforeTheFirstEvent(t *testing.T) {
+	h := newHarness(t, "aws", ok("x"))
+	check := func(endpoint string) {
+		t.Helper()
+		for name, labels := range map[string]map[string]string{
+			"metaguard_denied_requests_total":      {"endpoint": endpoint, "reason": "unknown-pod"},
+			"metaguard_upstream_errors_total":      {"endpoint": endpoint},
+			"metaguard_connections_rejected_total": {"limit": "per_source"},
+		} {
+			if !hasSeries(t, h, name, labels) {
+				t.Errorf("no %s%v series before any event", name, labels)
+			}
+		}
+	}
+	check("ep")
+	doc := strings.Replace(strings.NewReplacer("UPSTREAM", h.up.addr(), "FLAVOR", "aws", "EXTRA", "").Replace(testPolicy), "name: ep,", "name: renamed,", 1)
+	pol, err := policy.Parse("test", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.pol.Store(pol)
+	h.do(plainPod, "GET", "/latest/meta-data/instance-id", nil)
+	check("renamed")
+}
+
+func hasSeries(t *testing.T, h *harness, name string, labels map[string]string) bool {
+	t.Helper()
+	fams, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range f.GetMetric() {
+			for k, v := range labels {
+				found := false
+				for _, l := range m.GetLabel() {
+					found = found || (l.GetName() == k && l.GetValue() == v)
+				}
+				if !found {
+					continue next
+				}
+			}
+			return true
+		}
+	}
+	return false
+}

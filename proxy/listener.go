@@ -17,11 +17,17 @@ import (
 // let one pod holding a thousand idle connections delay every other pod's
 // first request. Over its own share a source's new connection is closed at
 // once. At the total, room is made by closing a connection that is idle
-// (between requests) or has not sent a request for a while, taken from
+// (between requests) or has not finished sending a request, taken from
 // the source holding the most connections, if it holds more than its fair
 // share; only when no source does is the new connection refused. So one
 // pod, or a few, cannot take the gate away from the rest, and a client
 // whose idle keep-alive connection is closed simply opens a new one.
+//
+// A connection still sending its first request is not spared for being
+// new: sources that close and reopen their connections faster than any
+// grace period would otherwise keep the whole table fresh, and refuse
+// every other pod (a slow-header flood kept a 33rd pod out for the whole
+// second such a grace lasted).
 type limitListener struct {
 	net.Listener
 	originalDst func(net.Conn) (netip.AddrPort, error)
@@ -33,11 +39,6 @@ type limitListener struct {
 	total int
 	bySrc map[netip.Addr]map[*limitedConn]struct{}
 }
-
-// evictAfter is how long a connection must have waited for its first
-// request before it may be closed to make room: a client that just
-// connected is about to send one.
-const evictAfter = time.Second
 
 func (l *limitListener) Accept() (net.Conn, error) {
 	for {
@@ -98,8 +99,12 @@ func (l *limitListener) acquire(lc *limitedConn) (admitted bool, victim *limited
 
 // evictableLocked finds a connection to close for a newcomer from src: one
 // of the source holding the most connections, if that is more than its
-// fair share of the total and more than src holds, that is idle or has
-// waited evictAfter for its first request.
+// fair share of the total and more than src holds, that is idle or still
+// sending its first request, the longest in that state. The fair share
+// counts the newcomer's source among the sources: otherwise sources that
+// filled the total with equal shares (8 pods with 32 connections each of
+// 256) would each hold exactly their share, and every other pod would be
+// refused.
 func (l *limitListener) evictableLocked(src netip.Addr) *limitedConn {
 	var heaviest netip.Addr
 	most := 0
@@ -108,14 +113,17 @@ func (l *limitListener) evictableLocked(src netip.Addr) *limitedConn {
 			heaviest, most = s, len(conns)
 		}
 	}
-	fair := l.maxTotal / max(len(l.bySrc), 1)
+	sources := len(l.bySrc)
+	if _, ok := l.bySrc[src]; !ok {
+		sources++
+	}
+	fair := l.maxTotal / sources
 	if most <= fair || most <= len(l.bySrc[src])+1 {
 		return nil
 	}
-	now := time.Now()
 	var oldest *limitedConn
 	for c := range l.bySrc[heaviest] {
-		if !c.evictable(now) {
+		if !c.evictable() {
 			continue
 		}
 		if oldest == nil || c.since.Before(oldest.since) {
@@ -152,17 +160,17 @@ type limitedConn struct {
 	once    sync.Once
 }
 
-func (c *limitedConn) evictable(now time.Time) bool {
+// evictable reports whether c is between requests or has not finished
+// its first: closing it loses no request the proxy is serving. net/http
+// reports a connection active only once a request's headers are read, so
+// a slow header block is evictable too (on a kept-alive connection it is
+// read while the connection is idle).
+func (c *limitedConn) evictable() bool {
 	if c.evicted.Load() {
 		return false
 	}
-	switch http.ConnState(c.state.Load()) {
-	case http.StateIdle:
-		return true
-	case http.StateNew:
-		return now.Sub(c.since) >= evictAfter
-	}
-	return false
+	st := http.ConnState(c.state.Load())
+	return st == http.StateIdle || st == http.StateNew
 }
 
 func (c *limitedConn) Close() error {

@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"metaguard.dev/metaguard/proxy/audit"
+	"metaguard.dev/metaguard/proxy/policy"
 )
 
 // metrics of the request path. Labels never carry pod names or paths:
@@ -25,6 +27,9 @@ type metrics struct {
 	// labels', so the cache is no larger than the vectors.
 	mu       sync.RWMutex
 	children map[requestKind]requestSeries
+
+	// seen is the policy whose endpoints have their series made.
+	seen atomic.Pointer[policy.Policy]
 }
 
 // requestKind is what observe labels a request by.
@@ -41,6 +46,26 @@ type requestSeries struct {
 	denied   prometheus.Counter // nil unless the decision is deny
 }
 
+// alertedReasons are the denial reasons alerts take a rate of: their
+// series exist at zero from the start, so that the first event is an
+// increase and not the birth of a series at 1, which rate() cannot see.
+var alertedReasons = []audit.Reason{audit.ReasonUnknownPod, audit.ReasonPolicyInvalid, audit.ReasonOverloaded, audit.ReasonCredentialPath}
+
+// ensureSeries makes the alerted series of every endpoint of p, once per
+// policy.
+func (m *metrics) ensureSeries(p *policy.Policy) {
+	if m.seen.Load() == p {
+		return
+	}
+	m.seen.Store(p)
+	for _, ep := range p.Endpoints() {
+		m.upstreamErrors.WithLabelValues(ep.Name)
+		for _, r := range alertedReasons {
+			m.denied.WithLabelValues(ep.Name, r.String())
+		}
+	}
+}
+
 // connMetrics are a limited listener's: what it holds, refuses and closes
 // to make room.
 type connMetrics struct {
@@ -50,20 +75,24 @@ type connMetrics struct {
 }
 
 func newConnMetrics(prefix, what string) *connMetrics {
-	return &connMetrics{
+	m := &connMetrics{
 		connsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: prefix + "connections_rejected_total",
 			Help: what + " connections closed at accept because a limit was reached (per_source, total).",
 		}, []string{"limit"}),
 		connsEvicted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: prefix + "connections_evicted_total",
-			Help: "Idle or silent " + what + " connections closed to make room for another source's new connection at the total limit.",
+			Help: what + " connections closed to make room for another source's new connection at the total limit: idle ones, half-sent ones, or ones that sent nothing yet.",
 		}),
 		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: prefix + "connections_open",
 			Help: what + " connections currently open.",
 		}),
 	}
+	for _, limit := range []string{"per_source", "total"} {
+		m.connsRejected.WithLabelValues(limit)
+	}
+	return m
 }
 
 func (m *connMetrics) collectors() []prometheus.Collector {

@@ -117,6 +117,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: log, m: m, limiter: newPodLimiter(), lim: newLimits(cfg.Budget)}
+	m.ensureSeries(cfg.Policy())
 	s.rp = newForwarder(s, cfg.Transport)
 	return s, nil
 }

@@ -238,12 +238,21 @@ func (f *forwarder) stripResponse(resp *http.Response, ex *exchange) error {
 // stripped reads an upstream answer and makes the pod's from it, holding
 // the bytes both take from the strip budget.
 func (f *forwarder) stripped(resp *http.Response, ex *exchange, t stripTarget) (answer, error) {
+	// The stripped copy is at most as large as the body. When the body's
+	// length is known, the copy is charged before anything is read, so
+	// that under a flood a request either holds all it needs or is refused
+	// at once, rather than reading a body and then losing the copy's share
+	// to requests that came later.
+	copyHeld := resp.ContentLength >= 0 && resp.ContentLength <= maxStripBytes
+	if copyHeld && !f.s.lim.holdStrip(ex, resp.ContentLength) {
+		resp.Body.Close()
+		return answer{}, errOverloaded
+	}
 	body, err := f.readForStrip(resp, ex)
 	if err != nil {
 		return answer{}, err
 	}
-	// The stripped copy is at most as large as the body.
-	if !f.s.lim.holdStrip(ex, int64(len(body))) {
+	if !copyHeld && !f.s.lim.holdStrip(ex, int64(len(body))) {
 		return answer{}, errOverloaded
 	}
 	return stripAnswer(t, resp.StatusCode, resp.Header, body)

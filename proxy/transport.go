@@ -42,12 +42,15 @@ func newUpstreamTransport(dial func(ctx context.Context, network, addr string) (
 	var http1 http.Protocols
 	http1.SetHTTP1(true)
 	return &http.Transport{
-		Proxy:                  nil,
-		DialContext:            dial,
-		DisableCompression:     true,
-		Protocols:              &http1,
-		MaxIdleConns:           maxIdlePerEndpoint * 4,
-		MaxIdleConnsPerHost:    maxIdlePerEndpoint,
+		Proxy:              nil,
+		DialContext:        dial,
+		DisableCompression: true,
+		Protocols:          &http1,
+		// Idle upstream connections (about 30 KiB each) are bounded by the
+		// requests in flight that could have opened them, so the budget
+		// that admits those also covers these.
+		MaxIdleConns:           maxConns,
+		MaxIdleConnsPerHost:    min(maxIdlePerEndpoint, maxConns),
 		MaxConnsPerHost:        maxConns,
 		IdleConnTimeout:        upstreamIdleTimeout,
 		MaxResponseHeaderBytes: maxResponseHeaderBytes,

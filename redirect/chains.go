@@ -152,16 +152,14 @@ func plusOne(idx []int) []int {
 	return out
 }
 
-// removeOwned deletes our jumps and chains from the given tables and nothing
+// removeOwned deletes the jumps and chains of the given hooks and nothing
 // else; it is a no-op when they are already gone.
-func removeOwned(ctx context.Context, run runner, tables []string) ([]string, error) {
+func removeOwned(ctx context.Context, run runner, hs []hook) ([]string, error) {
 	var changes []string
-	// nat first: redirect stops before the drop goes, so a pod is never
-	// sent to the endpoint while the proxy rules are half removed.
-	for _, h := range slices.Backward(hooks) {
-		if !slices.Contains(tables, h.table) {
-			continue
-		}
+	// In reverse install order: redirect stops before the drop goes, so a
+	// pod is never sent to the endpoint while the proxy rules are half
+	// removed.
+	for _, h := range slices.Backward(hs) {
 		rules, _, err := listRules(run, h.table, h.builtin)
 		if err != nil {
 			return changes, err

@@ -9,7 +9,8 @@ import (
 )
 
 // CleanupAll removes metaguard's chains and jumps from both address families
-// and from every iptables back end that has them, and nothing else. It is
+// and from every iptables back end that has them, and its routing rules,
+// and nothing else. It is
 // for `metaguard cleanup`, which must work without knowing the flags the
 // daemon ran with, or which back end it chose. It is idempotent: running it
 // on a clean node changes nothing and succeeds.
@@ -42,7 +43,7 @@ func cleanupAll(ctx context.Context, log *slog.Logger, sys system) error {
 				}
 				tables = slices.DeleteFunc(tables, func(t string) bool { return !slices.Contains(present, t) })
 			}
-			changes, err := removeOwned(ctx, run, tables)
+			changes, err := removeOwned(ctx, run, hooksIn(tables))
 			if len(changes) > 0 {
 				log.Info("redirect rules removed", "family", f.String(), "backend", string(b), "changes", changes)
 			}
@@ -53,6 +54,13 @@ func cleanupAll(ctx context.Context, log *slog.Logger, sys system) error {
 	}
 	if !usable {
 		errs = append(errs, fmt.Errorf("none of %s, %s, %s, %s found in PATH", binaryName(ipv4, backendNFT), binaryName(ipv6, backendNFT), binaryName(ipv4, backendLegacy), binaryName(ipv6, backendLegacy)))
+	}
+	if sys.rules != nil {
+		changes, err := removeRouteRules(ctx, sys.rules)
+		if len(changes) > 0 {
+			log.Info("routing rules removed", "changes", changes)
+		}
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -34,10 +34,10 @@ func TestCleanupAll(t *testing.T) {
 	for _, ft := range []*fakeTables{nft4, legacy6} {
 		ft.run("-t nat -N " + NATChain)
 		ft.run("-t nat -A " + NATChain + " -j RETURN")
-		ft.run("-t nat -I PREROUTING 1 " + quote(jumpRule(hooks[1])))
-		ft.run("-t nat -A PREROUTING " + quote(jumpRule(hooks[1])))
+		ft.run("-t nat -I PREROUTING 1 " + quote(jumpRule(hookOf(NATChain))))
+		ft.run("-t nat -A PREROUTING " + quote(jumpRule(hookOf(NATChain))))
 		ft.run("-t filter -N " + FilterChain)
-		ft.run("-t filter -I FORWARD 1 " + quote(jumpRule(hooks[0])))
+		ft.run("-t filter -I FORWARD 1 " + quote(jumpRule(hookOf(FilterChain))))
 	}
 	legacy6Base := newFakeTables().save()
 	for i := range 2 {

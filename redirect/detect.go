@@ -1,7 +1,10 @@
 package redirect
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 )
 
@@ -108,7 +111,7 @@ func countRules(r runner, tables []string) int {
 			}
 			for _, line := range lines {
 				_, spec, ok := parseRule(line)
-				if ok && !jumpsTo(spec, NATChain) && !jumpsTo(spec, FilterChain) {
+				if ok && !slices.ContainsFunc(ownChains, func(c string) bool { return jumpsTo(spec, c) }) {
 					n++
 				}
 			}
@@ -129,4 +132,46 @@ func resolveMode(mode string, sys system) (backend, string, error) {
 	default:
 		return "", "", fmt.Errorf("iptables mode %q: want %s, %s or %s", mode, ModeAuto, ModeNFT, ModeLegacy)
 	}
+}
+
+// BackendFileName is the file in metaguard's run directory that names the
+// back end the daemon chose, for the image's iptables wrapper: everything
+// else in the container that runs plain "iptables" (an operator's kubectl
+// exec, a debug script) then writes to the same back end as metaguard.
+const BackendFileName = "iptables-mode"
+
+// ChooseBackend picks the back end for mode (ModeAuto or empty, ModeNFT,
+// ModeLegacy) as New does, and says why. It changes nothing. It answers
+// `metaguard iptables-backend`, which the wrapper asks when the daemon has
+// not written BackendFileName yet, so that the two never decide apart.
+func ChooseBackend(mode string) (backendName, reason string, err error) {
+	b, why, err := resolveMode(mode, hostSystem())
+	return string(b), why, err
+}
+
+// WriteBackendFile records backendName in dir/BackendFileName, replacing
+// the file atomically so that the wrapper never reads half of it.
+func WriteBackendFile(dir, backendName string) error {
+	if backendName != ModeNFT && backendName != ModeLegacy {
+		return fmt.Errorf("back end %q: want %s or %s", backendName, ModeNFT, ModeLegacy)
+	}
+	tmp, err := os.CreateTemp(dir, BackendFileName+".*")
+	if err != nil {
+		return fmt.Errorf("recording the iptables back end: %w", err)
+	}
+	_, werr := tmp.WriteString(backendName + "\n")
+	cerr := tmp.Close()
+	if err := errors.Join(werr, cerr); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("recording the iptables back end: %w", err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("recording the iptables back end: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, BackendFileName)); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("recording the iptables back end: %w", err)
+	}
+	return nil
 }

@@ -330,12 +330,14 @@ func (f *fakeTables) resetOps() {
 // fakeSystem holds one fakeTables per family and back end; a nil entry is
 // a missing binary.
 type fakeSystem struct {
-	tables  map[backend]map[family]*fakeTables
-	flushes *fakeFlusher
+	tables   map[backend]map[family]*fakeTables
+	flushes  *fakeFlusher
+	rules    *fakeRules
+	watchers []changeWatcher
 }
 
 func newFakeSystem(bs ...backend) *fakeSystem {
-	s := &fakeSystem{tables: map[backend]map[family]*fakeTables{}, flushes: &fakeFlusher{}}
+	s := &fakeSystem{tables: map[backend]map[family]*fakeTables{}, flushes: &fakeFlusher{}, rules: newFakeRules()}
 	for _, b := range bs {
 		s.tables[b] = map[family]*fakeTables{ipv4: newFakeTables(), ipv6: newFakeTables()}
 	}
@@ -364,7 +366,9 @@ func (s *fakeSystem) system() *system {
 			slices.Sort(names)
 			return names, nil
 		},
-		flusher: s.flushes,
+		flusher:  s.flushes,
+		rules:    s.rules,
+		watchers: func(backend) []changeWatcher { return s.watchers },
 	}
 }
 

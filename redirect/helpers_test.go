@@ -12,3 +12,13 @@ func TestMain(m *testing.M) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// hookOf is the hook of one of our chains.
+func hookOf(chain string) hook {
+	for _, h := range hooks {
+		if h.chain == chain {
+			return h
+		}
+	}
+	panic("no hook for " + chain)
+}

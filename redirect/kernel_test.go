@@ -106,7 +106,7 @@ func testKernel(t *testing.T, b backend) {
 
 	rec, err := New(Config{
 		HostIPs:    []netip.Addr{netip.MustParseAddr(hostIP4), netip.MustParseAddr(hostIP6)},
-		ListenPort: 8181, Mode: string(b), Logger: discard(), sys: topo.system(),
+		ListenPort: 8181, UpstreamMark: testMark, Mode: string(b), Logger: discard(), sys: topo.system(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -296,7 +296,7 @@ func testKernelWithoutIPv6HostIP(t *testing.T, b backend) {
 
 	rec, err := New(Config{
 		HostIPs:    []netip.Addr{netip.MustParseAddr(hostIP4)},
-		ListenPort: 8181, Mode: string(b), Logger: discard(), sys: topo.system(),
+		ListenPort: 8181, UpstreamMark: testMark, Mode: string(b), Logger: discard(), sys: topo.system(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -316,8 +316,8 @@ func testKernelWithoutIPv6HostIP(t *testing.T, b backend) {
 	expectGolden(t, topo.save(t, ipv4, b), string(b)+"-ipv4.golden")
 	expectGolden(t, topo.save(t, ipv6, b), string(b)+"-ipv6-without-host-ip.golden")
 
-	t.Run("a pod's IPv6 connection to the IPv6 endpoint times out and never reaches the IMDS", func(t *testing.T) {
-		expectDropped(t, topo.pod, awsV6.Addr.String())
+	t.Run("a pod's IPv6 connection to the IPv6 endpoint is refused by the routing rules and never reaches the IMDS", func(t *testing.T) {
+		expectRefusedByRoute(t, topo.pod, awsV6.Addr.String())
 		srv.expectUDPDropped(t, topo.pod, awsV6.Addr.String(), ":80")
 		select {
 		case acc := <-srv.proxy:

@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -42,6 +44,8 @@ const (
 type topology struct {
 	node, pod, imds string // namespace names
 	bin             string // wrapper scripts
+	nodeNS          netns.NsHandle
+	rules           netlinkRules // the node's routing rules
 }
 
 func requireKernel(t *testing.T) {
@@ -98,7 +102,26 @@ func newTopology(t *testing.T) *topology {
 	mustRun(t, "ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 
 	writeWrappers(t, topo.bin, n)
+	topo.nodeNS, topo.rules = openNetlink(t, n)
 	return topo
+}
+
+// openNetlink opens namespace ns for netlink sockets (the watchers') and a
+// netlink handle in it (the routing rules'), both closed when the test ends,
+// before the namespace is deleted.
+func openNetlink(t *testing.T, ns string) (netns.NsHandle, netlinkRules) {
+	t.Helper()
+	h, err := netns.GetFromPath("/run/netns/" + ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	nl, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nl.Close)
+	return h, netlinkRules{h: nl}
 }
 
 // newNamespace creates one namespace named for this run and deletes it when
@@ -159,8 +182,14 @@ func (topo *topology) inNode(t *testing.T, name string, args ...string) string {
 	return mustRun(t, "nsenter", append([]string{"--net=/run/netns/" + topo.node, name}, args...)...)
 }
 
-// system gives the reconciler the node namespace's iptables and conntrack.
-func (topo *topology) system() *system { return nsSystem(topo.bin, topo.node) }
+// system gives the reconciler the node namespace's iptables, conntrack,
+// routing rules and change notifications.
+func (topo *topology) system() *system {
+	sys := nsSystem(topo.bin, topo.node)
+	sys.rules = topo.rules
+	sys.watchers = func(b backend) []changeWatcher { return kernelWatchers(b, int(topo.nodeNS)) }
+	return sys
+}
 
 // nsSystem is the machine as seen from namespace ns, through the wrappers in
 // bin.

@@ -19,6 +19,11 @@ type Config struct {
 	HostIPs []netip.Addr
 	// ListenPort is the proxy's port on the host IPs.
 	ListenPort uint16
+	// UpstreamMark is the socket mark of metaguard's own connections to
+	// the endpoints (UpstreamDialer's); non-zero, it gets nat OUTPUT
+	// rules that keep other agents' NAT off those connections. Zero
+	// installs none.
+	UpstreamMark uint32
 	// Mode is ModeAuto (or empty), ModeNFT or ModeLegacy.
 	Mode string
 	// Logger receives operational logs; nil discards them.
@@ -60,6 +65,7 @@ func New(cfg Config) (*Reconciler, error) {
 	r := &Reconciler{
 		hostIPs:         hosts,
 		port:            cfg.ListenPort,
+		mark:            cfg.UpstreamMark,
 		backend:         b,
 		runners:         map[family]runner{},
 		tables:          map[family][]string{},
@@ -67,6 +73,7 @@ func New(cfg Config) (*Reconciler, error) {
 		log:             log,
 		kick:            make(chan struct{}, 1),
 		warnedEndpoints: map[string]bool{},
+		warnedRules:     map[string]bool{},
 	}
 	for _, f := range families {
 		host, hasHost := hostOf(hosts, f)

@@ -64,7 +64,7 @@ func TestEndpointOfAFamilyWithoutHostIPIsDroppedNotRedirected(t *testing.T) {
 	syncOK(t, rec, awsV4, awsV6)
 
 	t.Run("ip6tables gets the filter rules for the IPv6 endpoint and its jump", func(t *testing.T) {
-		want, err := desiredRules([]Endpoint{awsV6}, []netip.Addr{host4}, 8181)
+		want, err := desiredRules([]Endpoint{awsV6}, []netip.Addr{host4}, 8181, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -72,7 +72,7 @@ func TestEndpointOfAFamilyWithoutHostIPIsDroppedNotRedirected(t *testing.T) {
 		if len(got) != len(want[ipv6][FilterChain]) || !strings.Contains(got[len(got)-1], "-d fd00:ec2::254/128 -m comment") || !strings.HasSuffix(got[len(got)-1], "-j DROP") {
 			t.Errorf("ip6tables %s = %q, want the endpoint's rules ending in its DROP", FilterChain, got)
 		}
-		if fwd := chainRules(t, v6, tableFilter, "FORWARD"); len(fwd) == 0 || fwd[0] != "-A FORWARD "+quote(jumpRule(hooks[0])) {
+		if fwd := chainRules(t, v6, tableFilter, "FORWARD"); len(fwd) == 0 || fwd[0] != "-A FORWARD "+quote(jumpRule(hookOf(FilterChain))) {
 			t.Errorf("ip6tables FORWARD = %q, want our jump first", fwd)
 		}
 	})

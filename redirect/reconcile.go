@@ -25,6 +25,7 @@ const minRetry = 500 * time.Millisecond
 type Reconciler struct {
 	hostIPs []netip.Addr
 	port    uint16
+	mark    uint32
 	backend backend
 	runners map[family]runner
 	tables  map[family][]string // the tables usable in each family that has a runner
@@ -40,9 +41,10 @@ type Reconciler struct {
 	// a policy reload does not repeat the warning.
 	warnedEndpoints map[string]bool
 
-	syncMu  sync.Mutex // serialises syncs and cleanup; guards the fields below
-	applied string     // key of the rule set the last successful sync left in place
-	warned  bool       // the missing conntrack binary was reported
+	syncMu      sync.Mutex // serialises syncs and cleanup; guards the fields below
+	applied     string     // key of the rule set the last successful sync left in place
+	warned      bool       // the missing conntrack binary was reported
+	warnedRules map[string]bool
 
 	ready atomic.Bool
 }
@@ -57,7 +59,7 @@ func (r *Reconciler) Backend() string { return string(r.backend) }
 // or left alone if its family's iptables is unusable, and a warning says so
 // once.
 func (r *Reconciler) SetEndpoints(eps []Endpoint) error {
-	if _, err := desiredRules(eps, r.hostIPs, r.port); err != nil {
+	if _, err := desiredRules(eps, r.hostIPs, r.port, r.mark); err != nil {
 		return fmt.Errorf("redirect: %w", err)
 	}
 	r.mu.Lock()
@@ -65,10 +67,7 @@ func (r *Reconciler) SetEndpoints(eps []Endpoint) error {
 	r.endpointsSet = true
 	r.warnUnredirected(eps)
 	r.mu.Unlock()
-	select {
-	case r.kick <- struct{}{}:
-	default: // a sync is already pending; it will read the new endpoints
-	}
+	r.requestSync()
 	return nil
 }
 
@@ -117,8 +116,10 @@ func (r *Reconciler) Sync(ctx context.Context) error {
 	}
 	if err := r.sync(ctx); err != nil {
 		r.metrics.syncs.WithLabelValues("error").Inc()
+		// applied stays: it names the rule set the kernel last held in
+		// full, so the sync that completes an interrupted repair (another
+		// agent rewriting the tables while ours ran) still counts as one.
 		r.ready.Store(false)
-		r.applied = ""
 		return err
 	}
 	r.metrics.syncs.WithLabelValues("ok").Inc()
@@ -129,13 +130,27 @@ func (r *Reconciler) sync(ctx context.Context) error {
 	r.mu.Lock()
 	eps := r.endpoints
 	r.mu.Unlock()
-	want, err := desiredRules(eps, r.hostIPs, r.port)
+	want, err := desiredRules(eps, r.hostIPs, r.port, r.mark)
 	if err != nil {
 		return fmt.Errorf("redirect: %w", err)
 	}
-	key := stateKey(want)
+	wantRoutes, err := desiredRouteRules(eps)
+	if err != nil {
+		return fmt.Errorf("redirect: %w", err)
+	}
+	key := stateKey(want) + routeRulesKey(wantRoutes)
 
 	var changes []string
+	// The routing rules first: on a first install they refuse pods'
+	// escaped connections before anything else exists, and on a repair
+	// they are the layer that held while the chains were gone.
+	if r.sys.rules != nil {
+		c, err := r.syncRouteRules(ctx, wantRoutes)
+		changes = append(changes, c...)
+		if err != nil {
+			return err
+		}
+	}
 	var flush []netip.AddrPort
 	for _, f := range families {
 		run, ok := r.runners[f]
@@ -173,17 +188,13 @@ func (r *Reconciler) sync(ctx context.Context) error {
 // redirection may have started for connections already under way.
 func (r *Reconciler) syncFamily(ctx context.Context, run runner, tables []string, rs ruleSet) (changes []string, natChanged bool, err error) {
 	if rs.empty() {
-		changes, err = removeOwned(ctx, run, tables)
+		changes, err = removeOwned(ctx, run, hooksIn(tables))
 		return changes, false, err
 	}
-	for _, h := range hooks {
-		if !slices.Contains(tables, h.table) {
-			// Only a family without host IP may lack nat, and it has no
-			// nat rules.
-			continue
-		}
+	// Only a family without host IP may lack nat, and it has no nat rules.
+	for _, h := range hooksIn(tables) {
 		if len(rs[h.chain]) == 0 {
-			c, err := removeOwned(ctx, run, []string{h.table})
+			c, err := removeOwned(ctx, run, []hook{h})
 			changes = append(changes, c...)
 			if err != nil {
 				return changes, false, err
@@ -200,7 +211,7 @@ func (r *Reconciler) syncFamily(ctx context.Context, run runner, tables []string
 		if err != nil {
 			return changes, false, err
 		}
-		if h.table == tableNAT && len(c)+len(j) > 0 {
+		if h.chain == NATChain && len(c)+len(j) > 0 {
 			natChanged = true
 		}
 	}
@@ -249,7 +260,7 @@ func stateKey(want map[family]ruleSet) string {
 			continue
 		}
 		fmt.Fprintf(&b, "%s\n", f)
-		for _, chain := range []string{FilterChain, NATChain} {
+		for _, chain := range ownChains {
 			for _, rule := range rs[chain] {
 				fmt.Fprintf(&b, "%s %q\n", chain, rule)
 			}
@@ -258,18 +269,32 @@ func stateKey(want map[family]ruleSet) string {
 	return b.String()
 }
 
-// Run syncs now, then every period (DefaultSyncPeriod if period <= 0) and
-// soon after each SetEndpoints, until ctx is done. A failed sync is logged
-// and retried sooner, backing off up to the period. It leaves the rules in
-// place when it returns: removing them is Cleanup's job, so that metaguard
-// fails closed.
+// Run syncs now, then every period (DefaultSyncPeriod if period <= 0),
+// soon after each SetEndpoints, and at once when the kernel reports a
+// change that may concern metaguard's rules (nftables notifications with
+// the nft back end, routing-rule notifications with either), at most once
+// per minEventGap. A failed sync is logged and retried sooner, backing off
+// up to the period. It leaves the rules in place when it returns: removing
+// them is Cleanup's job, so that metaguard fails closed.
 func (r *Reconciler) Run(ctx context.Context, period time.Duration) error {
 	if period <= 0 {
 		period = DefaultSyncPeriod
 	}
+	wctx, stopWatchers := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		stopWatchers()
+		wg.Wait()
+	}()
+	if r.sys.watchers != nil {
+		for _, w := range r.sys.watchers(r.backend) {
+			wg.Go(func() { r.runWatcher(wctx, w, period) })
+		}
+	}
 	retry := minRetry
 	for {
 		wait := period
+		started := time.Now()
 		if err := r.Sync(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -286,8 +311,19 @@ func (r *Reconciler) Run(ctx context.Context, period time.Duration) error {
 			timer.Stop()
 			return nil
 		case <-timer.C:
+			continue
 		case <-r.kick:
 			timer.Stop()
+		}
+		// Woken early: keep syncs at least minEventGap apart.
+		if gap := minEventGap - time.Since(started); gap > 0 {
+			t := time.NewTimer(gap)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
 		}
 	}
 }
@@ -306,13 +342,21 @@ func (r *Reconciler) Cleanup(ctx context.Context) error {
 		if !ok {
 			continue
 		}
-		changes, err := removeOwned(ctx, run, r.tables[f])
+		changes, err := removeOwned(ctx, run, hooksIn(r.tables[f]))
 		if len(changes) > 0 {
 			r.log.Info("redirect rules removed", "family", f.String(), "backend", string(r.backend), "changes", changes)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("removing %s rules (%s): %w", f, r.backend, err))
 		}
+	}
+	// The routing rules last: they held while the chains went.
+	if r.sys.rules != nil {
+		changes, err := removeRouteRules(ctx, r.sys.rules)
+		if len(changes) > 0 {
+			r.log.Info("routing rules removed", "changes", changes)
+		}
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

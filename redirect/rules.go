@@ -14,7 +14,14 @@ import (
 const (
 	NATChain    = "METAGUARD-PREROUTING"
 	FilterChain = "METAGUARD-FORWARD"
+	// OutputChain keeps NAT off metaguard's own connections to the
+	// endpoints (see UpstreamDialer).
+	OutputChain = "METAGUARD-OUTPUT"
 )
+
+// ownChains are the chains above, in the order stateKey and the tests
+// print them.
+var ownChains = []string{FilterChain, OutputChain, NATChain}
 
 const (
 	tableNAT    = "nat"
@@ -66,10 +73,24 @@ type hook struct {
 }
 
 // Filter comes first: when rules are installed from nothing, pods are cut off
-// from the endpoints before they are redirected, never the other way round.
+// from the endpoints before they are redirected, never the other way round;
+// and metaguard's own upstream connections are kept from NAT before pods'
+// requests can make it open any.
 var hooks = []hook{
 	{tableFilter, "FORWARD", FilterChain, "drop pod traffic to metadata endpoints that bypassed the proxy"},
+	{tableNAT, "OUTPUT", OutputChain, "keep NAT off metaguard connections to metadata endpoints"},
 	{tableNAT, "PREROUTING", NATChain, "send pod connections to metadata endpoints to the proxy"},
+}
+
+// hooksIn lists the hooks of the given tables, in install order.
+func hooksIn(tables []string) []hook {
+	var out []hook
+	for _, h := range hooks {
+		if slices.Contains(tables, h.table) {
+			out = append(out, h)
+		}
+	}
+	return out
 }
 
 // jumpRule is the rule in the built-in chain; transientJumpRule is a textually
@@ -84,7 +105,7 @@ func transientJumpRule(h hook) []string {
 	return []string{"-m", "comment", "--comment", commentPrefix + "transient jump while repairing", "-j", h.chain}
 }
 
-// ruleSet is what one family's two chains must hold, in order.
+// ruleSet is what one family's chains must hold, in order.
 type ruleSet map[string][][]string // chain name -> rules
 
 func (rs ruleSet) empty() bool {
@@ -113,16 +134,21 @@ var passThrough = []struct {
 	{"udp", 123, "NTP"},
 }
 
-// desiredRules is the whole of metaguard's kernel state as a pure function of
-// its inputs. Every family with a host IP or an endpoint gets an entry,
+// desiredRules is the whole of metaguard's iptables state as a pure function
+// of its inputs. Every family with a host IP or an endpoint gets an entry,
 // possibly empty: an empty set means "this family must hold none of our
 // chains". A family without a host IP gets no nat rules, as there is no
-// address to DNAT to, but its endpoints still get their filter rules, so
-// pods cannot reach them directly: fail closed.
+// address to DNAT to (and no pod request reaches the proxy for its
+// endpoints), but its endpoints still get their filter rules, so pods
+// cannot reach them directly: fail closed. With a non-zero upstreamMark,
+// each redirected endpoint also gets an OUTPUT rule that ACCEPTs
+// metaguard's marked connections to it before any other nat rule can
+// DNAT them (kube-proxy's KUBE-SERVICES for a Service with the metadata
+// address as an external IP, CVE-2020-8554).
 //
 // The rules are written exactly as iptables -S prints them (both back ends
 // agree), so an unchanged kernel compares equal without any extra command.
-func desiredRules(endpoints []Endpoint, hostIPs []netip.Addr, port uint16) (map[family]ruleSet, error) {
+func desiredRules(endpoints []Endpoint, hostIPs []netip.Addr, port uint16, upstreamMark uint32) (map[family]ruleSet, error) {
 	hosts := map[family]netip.Addr{}
 	for _, h := range hostIPs {
 		hosts[familyOf(h)] = h
@@ -133,7 +159,7 @@ func desiredRules(endpoints []Endpoint, hostIPs []netip.Addr, port uint16) (map[
 	}
 	out := map[family]ruleSet{}
 	for f := range hosts {
-		out[f] = ruleSet{NATChain: nil, FilterChain: nil}
+		out[f] = ruleSet{NATChain: nil, FilterChain: nil, OutputChain: nil}
 	}
 	named := map[netip.Addr][]uint16{}
 	for _, ep := range eps {
@@ -144,16 +170,24 @@ func desiredRules(endpoints []Endpoint, hostIPs []netip.Addr, port uint16) (map[
 		f := familyOf(ep.Addr.Addr())
 		rs, ok := out[f]
 		if !ok {
-			rs = ruleSet{NATChain: nil, FilterChain: nil}
+			rs = ruleSet{NATChain: nil, FilterChain: nil, OutputChain: nil}
 			out[f] = rs
 		}
 		if host, ok := hosts[f]; ok {
 			to := netip.AddrPortFrom(host, port).String()
-			rs[NATChain] = append(rs[NATChain], []string{
-				"-d", prefix(ep.Addr.Addr()), "-p", "tcp", "-m", "tcp", "--dport", strconv.Itoa(int(ep.Addr.Port())),
-				"-m", "comment", "--comment", commentPrefix + "redirect " + ep.Name + " to the proxy",
+			match := []string{"-d", prefix(ep.Addr.Addr()), "-p", "tcp", "-m", "tcp", "--dport", strconv.Itoa(int(ep.Addr.Port()))}
+			rs[NATChain] = append(rs[NATChain], append(slices.Clone(match),
+				"-m", "comment", "--comment", commentPrefix+"redirect "+ep.Name+" to the proxy",
 				"-j", "DNAT", "--to-destination", to,
-			})
+			))
+			if upstreamMark != 0 {
+				m := fmt.Sprintf("0x%x/0x%x", upstreamMark, upstreamMark)
+				rs[OutputChain] = append(rs[OutputChain], append(slices.Clone(match),
+					"-m", "mark", "--mark", m,
+					"-m", "comment", "--comment", commentPrefix+"keep NAT off metaguard connections to "+ep.Name,
+					"-j", "ACCEPT",
+				))
+			}
 		}
 		if seenAddr[ep.Addr.Addr()] {
 			continue

@@ -7,6 +7,9 @@ import (
 	"testing"
 )
 
+// testMark is the upstream mark of the tests that set one.
+const testMark = 0x1000
+
 var (
 	host4 = netip.MustParseAddr("10.0.0.10")
 	host6 = netip.MustParseAddr("fd00:10::10")
@@ -20,7 +23,7 @@ var (
 // chain, which is easier to read in a failing test than nested slices.
 func rendered(rs ruleSet) string {
 	var b strings.Builder
-	for _, chain := range []string{FilterChain, NATChain} {
+	for _, chain := range ownChains {
 		for _, r := range rs[chain] {
 			b.WriteString("-A " + chain + " " + quote(r) + "\n")
 		}
@@ -44,6 +47,7 @@ func TestDesiredRules(t *testing.T) {
 		name      string
 		endpoints []Endpoint
 		hosts     []netip.Addr
+		mark      uint32
 		want      map[family]string
 	}{
 		{
@@ -138,6 +142,23 @@ func TestDesiredRules(t *testing.T) {
 			want:      map[family]string{ipv4: filterLines("169.254.169.254/32", "aws", "icmp"), ipv6: ""},
 		},
 		{
+			name:      "with an upstream mark, each redirected endpoint gets an OUTPUT rule that keeps NAT off metaguard's marked connections to it",
+			endpoints: []Endpoint{awsV4, awsV6, private},
+			hosts:     []netip.Addr{host4},
+			mark:      testMark,
+			want: map[family]string{
+				ipv4: filterLines("169.254.169.254/32", "aws", "icmp") + filterLines("192.168.100.21/32", "private", "icmp") +
+					`-A METAGUARD-OUTPUT -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m mark --mark 0x1000/0x1000 -m comment --comment "metaguard: keep NAT off metaguard connections to aws" -j ACCEPT
+-A METAGUARD-OUTPUT -d 192.168.100.21/32 -p tcp -m tcp --dport 32000 -m mark --mark 0x1000/0x1000 -m comment --comment "metaguard: keep NAT off metaguard connections to private" -j ACCEPT
+-A METAGUARD-PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "metaguard: redirect aws to the proxy" -j DNAT --to-destination 10.0.0.10:8181
+-A METAGUARD-PREROUTING -d 192.168.100.21/32 -p tcp -m tcp --dport 32000 -m comment --comment "metaguard: redirect private to the proxy" -j DNAT --to-destination 10.0.0.10:8181
+`,
+				// No host IP: no DNAT, so no request of a pod's reaches
+				// the proxy for it and metaguard never connects to it.
+				ipv6: filterLines("fd00:ec2::254/128", "aws-v6", "ipv6-icmp"),
+			},
+		},
+		{
 			name:  "a family with a host IP and no endpoints wants no rules at all",
 			hosts: []netip.Addr{host4, host6},
 			want:  map[family]string{ipv4: "", ipv6: ""},
@@ -145,7 +166,7 @@ func TestDesiredRules(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := desiredRules(tt.endpoints, tt.hosts, 8181)
+			got, err := desiredRules(tt.endpoints, tt.hosts, 8181, tt.mark)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -174,7 +195,7 @@ func TestDesiredRulesRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {
-			_, err := desiredRules([]Endpoint{tt.endpoint}, []netip.Addr{host4}, 8181)
+			_, err := desiredRules([]Endpoint{tt.endpoint}, []netip.Addr{host4}, 8181, testMark)
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("got %v, want an error containing %q", err, tt.wantErr)
 			}

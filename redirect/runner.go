@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
 )
 
 // runner is the part of go-iptables metaguard uses. Keeping it this narrow
@@ -64,6 +65,11 @@ type system struct {
 	legacyTables func(family) ([]string, error)
 	// flusher removes conntrack entries; nil disables flushing.
 	flusher conntrackFlusher
+	// rules is the routing-policy database; nil manages no routing rules.
+	rules ruleTable
+	// watchers report changes to what the reconciler owns, for a back end;
+	// nil leaves repairs to the sync period.
+	watchers func(backend) []changeWatcher
 }
 
 func hostSystem() system {
@@ -71,6 +77,10 @@ func hostSystem() system {
 		newRunner:    newIPTables,
 		legacyTables: procLegacyTables,
 		flusher:      execConntrack{path: "conntrack"},
+		// The zero handle opens a socket per request in the calling
+		// thread's network namespace: the node's.
+		rules:    netlinkRules{h: &netlink.Handle{}},
+		watchers: func(b backend) []changeWatcher { return kernelWatchers(b, 0) },
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -24,6 +25,9 @@ const repoRoot = "../.."
 // that the shell commands of the docs run the code under test without a
 // separate build.
 const asBinaryEnv = "METAGUARD_TEST_AS_BINARY"
+
+// policyKey is the policy's file name in the ConfigMap and the overlays.
+const policyKey = "policy.yaml"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(asBinaryEnv) == "1" {
@@ -233,7 +237,22 @@ func TestDocsPoliciesAndCommands(t *testing.T) {
 				t.Errorf("%s:%d: `%s` exits %d:\n%s", name, c.line, c.cmd, code, out)
 			}
 		}
+		var ran []string
 		for _, b := range blocks {
+			if b.lang == "console" {
+				for _, c := range consoleCommands(b) {
+					ran = append(ran, c.cmd)
+				}
+			}
+		}
+		for _, b := range blocks {
+			if f, ok := b.attrs["file"]; ok && b.lang == "sh" {
+				// A script the page writes must be one the page runs.
+				if !slices.ContainsFunc(ran, func(c string) bool { return strings.Contains(c, f) }) {
+					t.Errorf("%s:%d: script %s is never run in a console block", name, b.line, f)
+				}
+				continue
+			}
 			if b.lang != "console" {
 				checkNotHidden(t, name, b)
 				continue
@@ -295,12 +314,20 @@ var (
 var runnable = regexp.MustCompile(`metaguard (validate|explain) .*`)
 
 // TestShippedPolicyComments runs the commands that the shipped policies
-// suggest in their comments, from the policy's own directory, as an
-// operator editing it would.
+// suggest in their comments, next to the policy, as an operator editing it
+// would.
 func TestShippedPolicyComments(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join(repoRoot, "deploy", "overlays", "*", "policy.yaml"))
-	if err != nil || len(files) < 3 {
-		t.Fatalf("shipped policies: %v %v", files, err)
+	overlays, err := filepath.Glob(filepath.Join(repoRoot, "deploy", "overlays", "*", "policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	presets, err := filepath.Glob(filepath.Join(repoRoot, "charts", "metaguard", "files", "policies", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := append(overlays, presets...)
+	if len(overlays) < 3 || len(presets) < 4 {
+		t.Fatalf("shipped policies: %v", files)
 	}
 	sh := newShell(t)
 	for _, f := range files {
@@ -315,7 +342,15 @@ func TestShippedPolicyComments(t *testing.T) {
 				continue
 			}
 			n++
-			if out, code := sh.run(t, filepath.Dir(f), m[1]); code != 0 {
+			// The file as an operator has it: under its own name, and as
+			// policy.yaml, the ConfigMap's key and the overlays' file name.
+			dir := t.TempDir()
+			for _, name := range []string{filepath.Base(f), policyKey} {
+				if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if out, code := sh.run(t, dir, m[1]); code != 0 {
 				t.Errorf("%s:%d: `%s` exits %d:\n%s", f, i+1, m[1], code, out)
 			}
 		}

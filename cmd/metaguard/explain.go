@@ -27,6 +27,7 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	endpoint := fs.String("endpoint", "", "endpoint name (default: the policy's first)")
 	podRef := fs.String("pod", "", "NAMESPACE/NAME: read the live pod and its namespace instead of the flags above (needs --kubeconfig or in-cluster)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for --pod (default in-cluster)")
+	expect := fs.String("expect", "", "allow, strip or deny: exit 1 unless the decision is that (deny also covers audit-deny and a refusal before any rule)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: metaguard explain [flags] METHOD PATH[?QUERY]")
 		fs.PrintDefaults()
@@ -38,6 +39,11 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return usageErr("explain needs METHOD and PATH, got %q", fs.Args())
 	}
 	method, target := strings.ToUpper(fs.Arg(0)), fs.Arg(1)
+	switch *expect {
+	case "", "allow", "strip", "deny":
+	default:
+		return usageErr("--expect must be allow, strip or deny, got %q", *expect)
+	}
 
 	pol, err := policy.Load(*config)
 	if err != nil {
@@ -81,7 +87,10 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if rerr != nil {
 		w.f("request:   %s %s", method, target)
 		w.f("decision:  refused with %d before any rule: %s", rerr.Status, rerr.Reason)
-		return w.err
+		if w.err != nil {
+			return w.err
+		}
+		return checkExpect(*expect, "deny", fmt.Sprintf("refused with %d", rerr.Status))
 	}
 	x := pol.Explain(id, policy.Request{Endpoint: ep, Method: canon.Method, Path: canon.Path, Query: canon.Query})
 	rule := x.Decision.Rule
@@ -96,7 +105,30 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	w.f("selecting: %s", list(x.Selecting))
 	w.f("allowing:  %s", list(x.Allowing))
 	w.f("credential path: %v; response may list credentials: %v", x.Credential, x.Listing)
-	return w.err
+	if w.err != nil {
+		return w.err
+	}
+	got := x.Decision.Label().String()
+	return checkExpect(*expect, expectClass(got), got+" by "+rule)
+}
+
+// expectClass is the --expect value a decision satisfies. A policy's intent
+// to deny holds in audit mode too: audit-deny is a denial whose enforcement
+// is deferred, and the credential class is refused outright.
+func expectClass(decision string) string {
+	if decision == "audit-deny" {
+		return "deny"
+	}
+	return decision
+}
+
+// checkExpect fails explain when --expect names another decision, so that
+// a policy repository can test its intent in CI.
+func checkExpect(want, got, detail string) error {
+	if want == "" || want == got {
+		return nil
+	}
+	return fmt.Errorf("expected %s, got %s", want, detail)
 }
 
 func livePod(ctx context.Context, kubeconfig, ref string) (identity.Identity, error) {

@@ -66,6 +66,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runSuggest(ctx, rest, stdout, stderr)
 	case "cleanup":
 		err = runCleanup(ctx, rest, stdout, stderr)
+	case "iptables-backend":
+		err = runIPTablesBackend(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "metaguard %s\n", version)
 	case "help", "-h", "--help":

@@ -51,6 +51,8 @@ type runOptions struct {
 	upstreamTimeout time.Duration
 	reloadInterval  time.Duration
 	nodeTaint       string
+	upstreamMark    markFlag
+	runDir          string
 }
 
 // AddFlags registers the flags of docs/design.md, with NODE_NAME and HOST_IP
@@ -78,6 +80,27 @@ func (o *runOptions) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.upstreamTimeout, "upstream-timeout", 10*time.Second, "bound on one forwarded request (GCP long polls get their timeout_sec on top)")
 	fs.DurationVar(&o.reloadInterval, "reload-interval", time.Second, "how often the policy file is checked for changes")
 	fs.StringVar(&o.nodeTaint, "node-taint", "", "taint key to remove from this node once rules are in place and the proxy is ready (needs patch on nodes)")
+	o.upstreamMark = redirect.DefaultUpstreamMark
+	fs.Var(&o.upstreamMark, "upstream-mark", "socket mark of metaguard's connections to the endpoints, which its nat OUTPUT rules keep other agents' NAT off; bits no other node agent uses (0: no mark, the conntrack peer check still runs)")
+	runDir := os.Getenv("METAGUARD_RUN_DIR")
+	if runDir == "" {
+		runDir = "/run/metaguard"
+	}
+	fs.StringVar(&o.runDir, "run-dir", runDir, "directory where the chosen iptables back end is recorded for the image's iptables wrapper, when it exists [METAGUARD_RUN_DIR]")
+}
+
+// markFlag is a socket mark given in hex (0x1000) or decimal.
+type markFlag uint32
+
+func (m *markFlag) String() string { return fmt.Sprintf("0x%x", uint32(*m)) }
+
+func (m *markFlag) Set(s string) error {
+	v, err := strconv.ParseUint(s, 0, 32)
+	if err != nil {
+		return fmt.Errorf("want a 32-bit number such as 0x1000: %w", err)
+	}
+	*m = markFlag(v)
+	return nil
 }
 
 type runConfig struct {
@@ -178,12 +201,19 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
+	dialer, err := redirect.NewUpstreamDialer(redirect.DialerConfig{Mark: uint32(o.upstreamMark), Logger: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	defer dialer.Close()
+
 	var rec *redirect.Reconciler
 	if o.iptables {
-		rec, err = redirect.New(redirect.Config{HostIPs: c.hostIPs, ListenPort: c.listenPort, Mode: o.iptablesMode, Logger: log, Registerer: reg})
+		rec, err = redirect.New(redirect.Config{HostIPs: c.hostIPs, ListenPort: c.listenPort, UpstreamMark: uint32(o.upstreamMark), Mode: o.iptablesMode, Logger: log, Registerer: reg})
 		if err != nil {
 			return fmt.Errorf("setting up redirect rules: %w", err)
 		}
+		recordBackend(o.runDir, rec.Backend(), log)
 		if err := rec.SetEndpoints(redirectEndpoints(store.Current())); err != nil {
 			return fmt.Errorf("setting up redirect rules: %w", err)
 		}
@@ -208,6 +238,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 		Log:             log,
 		Registerer:      reg,
 		UpstreamTimeout: o.upstreamTimeout,
+		DialContext:     dialer.DialContext,
 	})
 	if err != nil {
 		return err
@@ -275,6 +306,19 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	return err
 }
 
+// recordBackend tells the image's iptables wrapper which back end to run,
+// so that an operator's `kubectl exec ... iptables -L` sees metaguard's
+// rules. Outside the DaemonSet (no run directory) there is no wrapper.
+func recordBackend(dir, backend string, log *slog.Logger) {
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		log.Debug("no run directory: the iptables back end is not recorded", "run_dir", dir)
+		return
+	}
+	if err := redirect.WriteBackendFile(dir, backend); err != nil {
+		log.Warn("the iptables wrapper will ask metaguard iptables-backend instead, which ignores --iptables-mode", "err", err)
+	}
+}
+
 func redirectEndpoints(p *policy.Policy) []redirect.Endpoint {
 	eps := make([]redirect.Endpoint, 0, len(p.Endpoints()))
 	for _, e := range p.Endpoints() {
@@ -327,6 +371,7 @@ func requestPathBudget(log *slog.Logger) (proxy.Budget, error) {
 	}
 	log.Info("request path budget", "memory_limit", limit, "connections", b.Conns, "connections_per_source", b.ConnsPerSource,
 		"in_flight", b.InFlight, "in_flight_per_source", b.InFlightPerSource, "long_polls", b.LongPolls,
+		"long_polls_per_source", b.LongPollsPerSource,
 		"strip_bytes", b.StripBytes, "strip_bytes_per_source", b.StripBytesPerSource)
 	return b, nil
 }

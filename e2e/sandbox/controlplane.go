@@ -72,7 +72,7 @@ func (s *Sandbox) startControlPlane(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	apiserver, err := s.startProc(procSpec{netns: s.nodeNetns(), name: "kube-apiserver", path: filepath.Join(s.binDir, "kube-apiserver"), disposable: true, args: []string{
+	apiserver, err := s.startProc(procSpec{netns: s.nodeNetns(), name: "kube-apiserver", path: filepath.Join(s.binDir, "kube-apiserver"), disposable: true, args: append([]string{
 		"--etcd-servers=" + etcdClientURL,
 		"--bind-address=127.0.0.1",
 		"--secure-port=6443",
@@ -93,7 +93,7 @@ func (s *Sandbox) startControlPlane(ctx context.Context) error {
 		// endpoints of the kubernetes service.
 		"--endpoint-reconciler-type=none",
 		"--profiling=false",
-	}})
+	}, s.apiserverNodeArgs()...)})
 	if err != nil {
 		return err
 	}

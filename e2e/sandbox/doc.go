@@ -18,6 +18,19 @@
 //     the API server (status.podIPs set through the status subresource);
 //     pods on node-b exist only as API objects.
 //
+// With Options.Node, node-a is a real node instead (node_*.go):
+// kube-controller-manager and kube-scheduler join the control plane, and
+// containerd (runc, the CNI bridge, host-local, loopback and portmap
+// plugins) and the kubelet run in the node namespace and in a mount
+// namespace of their own, so that mounts, container state and the fixed
+// paths under /var and /run never touch the machine's; the kubelet
+// registers node-a, pods are real containers from images imported into
+// containerd (nothing is pulled), hostNetwork pods share the node
+// namespace, and every container is under the run's own cgroup root, which
+// Close removes from every cgroup hierarchy. The kubernetes Service's
+// ClusterIP reaches the API server from the node, as kube-proxy would
+// make it.
+//
 // The test process stays in the machine's root namespace and reaches the
 // namespaces through sockets opened inside them (NetnsDialer), so nothing
 // in the root namespace changes: no interface, route, sysctl or rule is
@@ -28,14 +41,19 @@
 // Public surface: Start, StartT, CheckPrerequisites, Sweep, Options, Sandbox
 // (Close, AdminClient, AdminConfig, AdminKubeconfig, Apply, ApplyManifests,
 // ServiceAccountKubeconfig, EnsureNamespace, AddPod, DeletePod,
+// DeletePodGracefully, SetContainersTerminated,
 // SetPodLabels, SetPodPhase, ExecInPod, ExecInPodWith, ExecInNode, PodClient,
 // PodClientWith, PodJSClient, StartProcess, StartMetaguard, StartMetaguardUnready, WaitReady,
 // NodeHTTPClient, PodHTTPClient, CloudRecords, ResetCloudRecords, SetGCPValue,
 // SetCloudQuirks, AddCloudFault, ClearCloudFaults, AddCloudAddress, Healthy,
 // NodeNetns, CloudNetns,
 // ArtifactDir, BinDir, APIServerProcess, StopAPIServer, StartAPIServer,
-// AddPodNetwork, CreatePodObject), Pod, PodSpec, PodClientResult, ExecOptions, Process,
-// NetnsDialer, NetnsListen and the addresses of the topology.
+// AddPodNetwork, CreatePodObject, and for a real node Kubectl, ImportImage,
+// TagImage, ContainerPID, WaitNodeReady, HasRealNode), Pod, PodSpec,
+// NodeOptions, PauseImage, WorkloadImage, PodClientResult, ExecOptions, Process
+// (with ProgramPid, Memory, ResetPeak and WatchMemory), Memory,
+// MemoryWatch, MiB, NetnsDialer, NetnsListen and the addresses of the
+// topology.
 //
 // It must not touch the root network namespace, must not reach anything
 // outside the namespaces it made, and must not know metaguard's internals:

@@ -16,13 +16,15 @@ import (
 )
 
 // pki is the sandbox cluster's key material: one CA that signs the API
-// server's serving certificate and the harness's admin client certificate,
-// and the key pair that signs service account tokens. ECDSA keys, because
+// server's serving certificate, the harness's admin client certificate and,
+// for a real node, the certificates of the kubelet (client and serving),
+// the controller manager, the scheduler and the API server's client to the
+// kubelet; and the key pair that signs service account tokens. ECDSA keys, because
 // generating them takes microseconds where RSA takes up to a second.
 type pki struct {
 	dir    string
 	caPEM  []byte
-	certs  map[string]tlsPair // "apiserver", "admin"
+	certs  map[string]tlsPair // "apiserver", "admin", and those of nodeLeafs
 	saKey  string             // file names, for the API server's flags
 	saPub  string
 	caFile string
@@ -32,6 +34,12 @@ type tlsPair struct {
 	certPEM, keyPEM []byte
 	certFile        string
 	keyFile         string
+}
+
+// leafCert is a certificate the CA signs, by the name it is kept under.
+type leafCert struct {
+	name string
+	tmpl x509.Certificate
 }
 
 func newPKI(dir string) (*pki, error) {
@@ -61,10 +69,7 @@ func newPKI(dir string) (*pki, error) {
 		return nil, fmt.Errorf("writing CA: %w", err)
 	}
 
-	leafs := []struct {
-		name string
-		tmpl x509.Certificate
-	}{
+	leafs := []leafCert{
 		{"apiserver", x509.Certificate{
 			Subject:     pkix.Name{CommonName: "kube-apiserver"},
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
@@ -78,6 +83,7 @@ func newPKI(dir string) (*pki, error) {
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		}},
 	}
+	leafs = append(leafs, nodeLeafs()...)
 	for i, l := range leafs {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {

@@ -44,6 +44,10 @@ type Options struct {
 	// answers DNS there, as GCE's resolver) or fakecloud.Azure. The
 	// fakes answer on their own addresses too either way.
 	MetadataCloud fakecloud.Flavor
+	// Node, when set, makes node-a a real node with a kubelet and
+	// containerd (see NodeOptions); node-b is not registered then, since
+	// a DaemonSet would wait for it forever.
+	Node *NodeOptions
 }
 
 // ErrPrerequisite marks a machine that cannot run a sandbox (not root, a
@@ -79,6 +83,7 @@ type Sandbox struct {
 	lock      *os.File
 
 	pki             *pki
+	node            *nodeState // nil unless Options.Node
 	admin           *rest.Config
 	client          kubernetes.Interface
 	adminKubeconfig string
@@ -117,6 +122,11 @@ func CheckPrerequisites(opts Options) error {
 			if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
 				bins = append(bins, "bin/"+b)
 			}
+		}
+		if opts.Node != nil {
+			nodeBins, tools := nodeMissing(binDir)
+			bins = append(bins, nodeBins...)
+			missing = append(missing, tools...)
 		}
 		if len(bins) > 0 {
 			missing = append(missing, fmt.Sprintf("%s in %s (make %s)", strings.Join(bins, ", "), binDir, strings.Join(bins, " ")))
@@ -213,7 +223,12 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		return nil, err
 	}
 	s.logf("control plane and metadata services ready after %v", time.Since(begin).Round(time.Millisecond))
-	if err := s.registerNodes(ctx); err != nil {
+	if opts.Node != nil {
+		err = s.startRealNode(ctx, *opts.Node)
+	} else {
+		err = s.registerNodes(ctx)
+	}
+	if err != nil {
 		return nil, err
 	}
 	s.adminKubeconfig = filepath.Join(s.dir, "kubeconfig-admin")
@@ -260,6 +275,7 @@ func (s *Sandbox) claimPrefix() error {
 // their temporary directories. Live runs, in this process or another, are
 // left alone. Start calls it; a Makefile may too, after the tests.
 func Sweep(logf func(string, ...any)) {
+	defer sweepCgroups(logf)
 	names, err := listNetns()
 	if err != nil {
 		logf("sweep: %v", err)
@@ -341,7 +357,10 @@ func (s *Sandbox) Close() error {
 		s.closed = true
 		s.mu.Unlock()
 		begin := time.Now()
-		errs := []error{s.stopAll()}
+		// The node's containers and cgroups go first: they are not
+		// children of anything stopAll signals.
+		errs := []error{s.stopRealNode()}
+		errs = append(errs, s.stopAll())
 
 		names, err := listNetns()
 		errs = append(errs, err)

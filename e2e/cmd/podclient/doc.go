@@ -30,6 +30,13 @@
 //	gcp-token           an access token through Application Default Credentials
 //	gcp-subscribe S     follow S with wait_for_change until it changes once
 //	azure-token R       a managed identity token for resource R
+//	get URL             one plain HTTP GET, no library (status and body)
+//	probe URL INTERVAL COUNT
+//	                    GET URL COUNT times, one JSON line each, then wait
+//	sleep               wait for SIGTERM: a workload container's main process
+//
+// The last three serve the e2e node's workload image, where podclient is
+// the only program in the container.
 //
 // It exits 0 whenever it printed a result, also a failed one, and 2 on a
 // usage error.

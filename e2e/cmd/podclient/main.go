@@ -73,7 +73,8 @@ var commands = map[string]command{
 const usage = `usage: podclient [-endpoint URL] [-no-fallback] [-timeout D] COMMAND [ARGS]
   aws-get PATH | aws-dynamic PATH | aws-userdata | aws-region | aws-creds
   gcp-facts | gcp-get SUFFIX... | gcp-token [-scope S] | gcp-subscribe SUFFIX
-  azure-token [-client-id ID | -object-id ID | -resource-id ID] [-dac] [-max-retries N] [-retry-delay D] [-max-retry-delay D] RESOURCE`
+  azure-token [-client-id ID | -object-id ID | -resource-id ID] [-dac] [-max-retries N] [-retry-delay D] [-max-retry-delay D] RESOURCE
+  sleep | get URL | probe URL INTERVAL COUNT`
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout)) }
 
@@ -86,6 +87,9 @@ func run(argv []string, stdout io.Writer) int {
 	if err := fs.Parse(argv); err != nil || fs.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, usage)
 		return 2
+	}
+	if workloadCommands[fs.Arg(0)] {
+		return runWorkload(fs.Args(), *timeout, stdout)
 	}
 	cmd, ok := commands[fs.Arg(0)]
 	if !ok {
