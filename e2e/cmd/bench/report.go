@@ -83,6 +83,7 @@ func (r *report) write(w io.Writer) {
 	}
 	p("| nginx | %s |\n| wrk | %s |\n| amazon-ec2-metadata-mock | %s |\n| perf | %s |\n\n", m.nginx, m.wrk, m.mock, m.perf)
 	r.writeTargets(p)
+	r.writeFindings(p)
 	if r.load != nil {
 		r.writeLoad(p)
 		r.writeTail(p)
@@ -159,8 +160,9 @@ func (r *report) writeLoad(p printer) {
 	p("  read whole and `iam/` and `identity-credentials/` removed; the credential path is answered 403, never forwarded.\n\n")
 	p("Proxy CPU is utime+stime of the proxy's processes (nginx: master and worker) over the run, per request, with the kernel's\n")
 	p("share in brackets. *Run-queue wait* is the time the proxy's threads sat runnable while the CPU ran something else\n")
-	p("(`/proc/PID/task/*/schedstat`), per request, and how often one of its threads was put on a CPU. RSS is `VmRSS` at the end of the run, peak `VmHWM`. On 2 cores wrk, the proxy\n")
-	p("and the upstream share the CPUs, as on a node whose cores are shared with workloads.\n\n")
+	p("(`/proc/PID/task/*/schedstat`), per request, with how often one of its threads was put on a CPU (wake-ups). RSS is\n")
+	p("`VmRSS` at the end of the run, peak `VmHWM`. On 2 cores wrk, the proxy and the upstream share the CPUs, as on a node\n")
+	p("whose cores are shared with workloads.\n\n")
 	for _, t := range l.tables {
 		direct, ngx := l.row(t.key, rowDirect), l.row(t.key, rowNginx)
 		p("### %s\n\nUpstream: %s at `%s`, ", t.title, t.up.title, t.up.addr)
