@@ -16,9 +16,9 @@ const (
 
 // loadPods is how many pods the saturating tables' connections come from.
 // metaguard caps the requests one pod has in flight (an eighth of its
-// budget: 8 under the DaemonSet's GOMEMLIMIT), so sixteen connections from
-// one pod would measure its 503s; four pods of four connections each are
-// a node's pods asking at once.
+// budget: 6 under the DaemonSet's GOMEMLIMIT of 32 MiB), so sixteen
+// connections from one pod would measure its 503s; four pods of four
+// connections each are a node's pods asking at once.
 const loadPods = 4
 
 // upstream is a metadata service every row of a table reaches, directly or
