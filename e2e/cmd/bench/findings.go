@@ -44,8 +44,10 @@ func (r *report) writeFindings(p printer) {
 	p("the upstream on 2 cores.")
 	if len(l.tails) > 1 && r.opts.variant != "" {
 		v, vt := l.row("fast", rowVar), l.tails[1]
-		p(" With `%s` the run-queue wait was %.1f µs per request, the longest stop %.2f ms, p99 %.2f ms against\n", r.opts.variant, v.wait, float64(vt.stwMax)/1e6, v.p99/1000)
-		p("%.2f ms, CPU %.1f µs per request against %.1f and %.0f against %.0f req/s.", mg.p99/1000, v.cpu, mg.cpu, v.rps, mg.rps)
+		pr := func(f func(rowStats) float64) float64 { return l.paired("fast", rowVar, rowAllow, f, ratio) }
+		p(" With `%s` the run-queue wait was %.1f µs per request and the longest stop %.2f ms; against the DaemonSet's\n", r.opts.variant, v.wait, float64(vt.stwMax)/1e6)
+		p("settings (medians of the rounds' ratios) its p99 was %.2fx, its CPU per request %.2fx and its throughput %.2fx.",
+			pr(func(s rowStats) float64 { return s.p99 }), pr(func(s rowStats) float64 { return s.cpu }), pr(func(s rowStats) float64 { return s.rps }))
 	}
 	p("\n\n### What the targets not met still cost\n\n")
 	p("metaguard spends %.1f µs of CPU per allowed request where nginx spends %.1f µs (1.5x would be %.1f). By where the code\n", mg.cpu, ngx.cpu, 1.5*ngx.cpu)
