@@ -75,8 +75,12 @@ e2e-node: e2e-node-tools image bin/fakecloud bin/podclient bin/pause
 demo: e2e-tools bin/metaguard bin/fakecloud bin/podclient
 	$(GO) run ./e2e/cmd/demo
 
+# BENCHFLAGS: e.g. -baseline main (a revision measured beside the checkout,
+# for the no-regression targets) or -variant GOMAXPROCS=1; needs wrk,
+# nginx-light and linux-perf.
+BENCHFLAGS ?=
 bench: e2e-tools bin/metaguard bin/fakecloud bin/podclient
-	$(GO) run ./e2e/cmd/bench -out BENCHMARKS.md
+	$(GO) run ./e2e/cmd/bench -out BENCHMARKS.md $(BENCHFLAGS)
 
 lint: bin/staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

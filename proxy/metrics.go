@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"strconv"
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,8 +21,29 @@ type metrics struct {
 	upstreamErrors *prometheus.CounterVec
 	*connMetrics
 
+	// children caches the series of each kind of finished request:
+	// WithLabelValues hashes its labels and takes the vector's lock on
+	// every call, three times per request. The key's values are the
+	// labels', so the cache is no larger than the vectors.
+	mu       sync.RWMutex
+	children map[requestKind]requestSeries
+
 	// seen is the policy whose endpoints have their series made.
 	seen atomic.Pointer[policy.Policy]
+}
+
+// requestKind is what observe labels a request by.
+type requestKind struct {
+	endpoint string
+	decision audit.Decision
+	status   int
+	reason   audit.Reason
+}
+
+type requestSeries struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+	denied   prometheus.Counter // nil unless the decision is deny
 }
 
 // alertedReasons are the denial reasons alerts take a rate of: their
@@ -98,6 +120,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Forwarded requests that failed upstream (connection error, timeout, unstrippable response), by endpoint.",
 		}, []string{"endpoint"}),
 		connMetrics: newConnMetrics("metaguard_", "Client"),
+		children:    map[requestKind]requestSeries{},
 	}
 	if reg == nil {
 		return m, nil
@@ -112,10 +135,34 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 
 // observe counts one finished request.
 func (m *metrics) observe(rec *audit.Record) {
-	decision := rec.Decision.String()
-	m.requests.WithLabelValues(rec.Endpoint, decision, strconv.Itoa(rec.Status)).Inc()
-	m.duration.WithLabelValues(rec.Endpoint, decision).Observe(rec.Duration.Seconds())
+	k := requestKind{endpoint: rec.Endpoint, decision: rec.Decision, status: rec.Status}
 	if rec.Decision == audit.DecisionDeny {
-		m.denied.WithLabelValues(rec.Endpoint, rec.Reason.String()).Inc()
+		k.reason = rec.Reason
 	}
+	m.mu.RLock()
+	c, ok := m.children[k]
+	m.mu.RUnlock()
+	if !ok {
+		c = m.series(k)
+	}
+	c.requests.Inc()
+	c.duration.Observe(rec.Duration.Seconds())
+	if c.denied != nil {
+		c.denied.Inc()
+	}
+}
+
+func (m *metrics) series(k requestKind) requestSeries {
+	decision := k.decision.String()
+	c := requestSeries{
+		requests: m.requests.WithLabelValues(k.endpoint, decision, strconv.Itoa(k.status)),
+		duration: m.duration.WithLabelValues(k.endpoint, decision),
+	}
+	if k.decision == audit.DecisionDeny {
+		c.denied = m.denied.WithLabelValues(k.endpoint, k.reason.String())
+	}
+	m.mu.Lock()
+	m.children[k] = c
+	m.mu.Unlock()
+	return c
 }

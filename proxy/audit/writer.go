@@ -93,7 +93,7 @@ func NewWriter(dst io.Writer, opts Options) (*Writer, error) {
 	sink := &failures{dst: dst, w: w}
 	out := io.Writer(sink)
 	if opts.FlushInterval > 0 {
-		w.batch = &batch{dst: sink, buf: make([]byte, 0, batchBytes)}
+		w.batch = newBatch(sink)
 		out = w.batch
 	}
 	w.h = slog.NewJSONHandler(out, &slog.HandlerOptions{
@@ -144,13 +144,18 @@ func (w *Writer) encode(ctx context.Context, r *Record) {
 	if keys == nil {
 		keys = []string{}
 	}
-	rec.AddAttrs(
+	// The fields go in as one group without a key, which the handler
+	// writes inline: a Record keeps five attributes in place and
+	// allocates for more, and the group's slices come from a pool.
+	la := lineAttrs.Get().(*attrBuffers)
+	defer la.put()
+	la.fields = append(la.fields,
 		slog.String("src_ip", src),
 		slog.String("pod", r.Pod),
 		slog.String("namespace", r.Namespace),
 		slog.String("pod_uid", r.PodUID),
 		slog.String("service_account", r.ServiceAccount),
-		labelsAttr("labels", r.Labels),
+		labelsAttr(la.labels[:0], "labels", r.Labels),
 		slog.String("endpoint", r.Endpoint),
 		slog.String("method", r.Method),
 		slog.String("path", r.Path),
@@ -167,22 +172,43 @@ func (w *Writer) encode(ctx context.Context, r *Record) {
 		for _, n := range r.Suppressed {
 			total += n
 		}
-		rec.AddAttrs(slog.Int("suppressed", total), countsAttr("suppressed_by_reason", r.Suppressed))
+		la.fields = append(la.fields, slog.Int("suppressed", total), countsAttr("suppressed_by_reason", r.Suppressed))
 	}
+	rec.AddAttrs(slog.Attr{Value: slog.GroupValue(la.fields...)})
 	// The handler's only errors are the destination's, which failures
 	// counts and reports.
 	_ = w.h.Handle(ctx, rec)
 }
 
+// attrBuffers are one line's attributes, reused: the handler is done with
+// them when Handle returns.
+type attrBuffers struct {
+	fields, labels []slog.Attr
+}
+
+var lineAttrs = sync.Pool{New: func() any {
+	return &attrBuffers{fields: make([]slog.Attr, 0, 18), labels: make([]slog.Attr, 0, 16)}
+}}
+
+// put clears the buffers, so a pooled one holds no record's strings or
+// maps, and returns them to the pool.
+func (b *attrBuffers) put() {
+	clear(b.fields[:cap(b.fields)])
+	clear(b.labels[:cap(b.labels)])
+	b.fields, b.labels = b.fields[:0], b.labels[:0]
+	lineAttrs.Put(b)
+}
+
 // labelsAttr renders a string map as a JSON object through slog's own
-// encoder, sorted by key: slog.Any on a map goes through reflection and
-// encoding/json, which cost more than the rest of the line together.
-func labelsAttr(key string, m map[string]string) slog.Attr {
+// encoder, sorted by key, in buf: slog.Any on a map goes through
+// reflection and encoding/json, which cost more than the rest of the line
+// together.
+func labelsAttr(buf []slog.Attr, key string, m map[string]string) slog.Attr {
 	if len(m) == 0 {
 		// slog drops an empty group; the field must still be there.
 		return slog.Any(key, struct{}{})
 	}
-	attrs := make([]slog.Attr, 0, len(m))
+	attrs := buf
 	for k, v := range m {
 		attrs = append(attrs, slog.String(k, v))
 	}
@@ -204,10 +230,11 @@ func countsAttr(key string, m map[Reason]int) slog.Attr {
 // flush at the end: Close does, once every request has been written.
 func (w *Writer) Run(ctx context.Context) {
 	var flush <-chan time.Time
+	var full <-chan struct{}
 	if w.batch != nil {
 		t := time.NewTicker(w.opts.FlushInterval)
 		defer t.Stop()
-		flush = t.C
+		flush, full = t.C, w.batch.full
 	}
 	var summarize <-chan time.Time
 	if w.budget != nil {
@@ -220,6 +247,8 @@ func (w *Writer) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-flush:
+			w.Flush()
+		case <-full:
 			w.Flush()
 		case now := <-summarize:
 			w.summarize(ctx, now)
@@ -278,41 +307,74 @@ func (f *failures) Write(p []byte) (int, error) {
 
 // batch collects whole lines and writes them in one write per flush
 // instead of one write syscall per request, which was most of the audit
-// log's cost on the request path. What a hard crash can lose is bounded by
-// the flush interval; a graceful stop (Close) loses nothing.
+// log's cost on the request path. A request only appends its line under a
+// short lock; the write happens on the flushing goroutine (Run: every
+// FlushInterval, and as soon as half a batch waits), with that lock released.
+// A request waited for the write when it filled the buffer, and every other
+// request then waited behind it on the lock: the most frequent lock wait of
+// the slowest requests (BENCHMARKS.md). Only when the destination cannot
+// keep up and a whole batch is waiting does a request write it itself, so
+// a destination that blocks slows Write rather than losing lines.
+// What a hard crash can lose is bounded by the flush interval; a graceful
+// stop (Close) loses nothing.
 type batch struct {
-	dst io.Writer
+	dst  io.Writer
+	full chan struct{} // half a batch waits: wakes Run
+
 	mu  sync.Mutex
-	buf []byte
+	buf []byte // lines waiting, at most batchBytes
+
+	wmu   sync.Mutex // one write at a time, so lines stay in order
+	spare []byte     // the buffer swapped in at the next flush; under wmu
+}
+
+func newBatch(dst io.Writer) *batch {
+	return &batch{dst: dst, full: make(chan struct{}, 1), buf: make([]byte, 0, batchBytes), spare: make([]byte, 0, batchBytes)}
 }
 
 func (b *batch) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	// Flushing first keeps every line in one write.
-	if len(b.buf)+len(p) > batchBytes {
-		b.flushLocked()
-	}
 	if len(p) > batchBytes {
+		// Flushing first keeps the lines in order.
+		b.wmu.Lock()
+		defer b.wmu.Unlock()
+		b.flushLocked()
 		return b.dst.Write(p)
 	}
+	b.mu.Lock()
+	for len(b.buf)+len(p) > batchBytes {
+		b.mu.Unlock()
+		b.flush()
+		b.mu.Lock()
+	}
 	b.buf = append(b.buf, p...)
+	full := len(b.buf) >= batchBytes/2
+	b.mu.Unlock()
+	if full {
+		select {
+		case b.full <- struct{}{}:
+		default:
+		}
+	}
 	return len(p), nil
 }
 
 func (b *batch) flush() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
 	b.flushLocked()
 }
 
+// flushLocked writes what is waiting; the caller holds wmu.
 func (b *batch) flushLocked() {
-	if len(b.buf) == 0 {
-		return
+	b.mu.Lock()
+	out := b.buf
+	b.buf, b.spare = b.spare[:0], nil
+	b.mu.Unlock()
+	if len(out) > 0 {
+		// A destination that failed (a full disk) would keep refusing the
+		// same bytes; they are dropped (and counted by failures) and the
+		// writer goes on.
+		_, _ = b.dst.Write(out)
 	}
-	// A destination that failed (a full disk) would keep refusing the
-	// same bytes; they are dropped (and counted by failures) and the
-	// writer goes on.
-	_, _ = b.dst.Write(b.buf)
-	b.buf = b.buf[:0]
+	b.spare = out[:0]
 }

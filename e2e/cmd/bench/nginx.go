@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -19,14 +18,14 @@ import (
 const (
 	instanceID   = "i-0b22a22eec53b9321"
 	metaListing  = "ami-id\nami-launch-index\nami-manifest-path\nblock-device-mapping/\nevents/\nhostname\niam/\nidentity-credentials/\ninstance-action\ninstance-id\ninstance-life-cycle\ninstance-type\nlocal-hostname\nlocal-ipv4\nmac\nmetrics/\nnetwork/\nplacement/\nprofile\nreservation-id\nsecurity-groups\nservices/"
-	nginxCommon  = "daemon off;\nmaster_process on;\nworker_processes auto;\n# Workers must read files in the sandbox's private directory.\nuser root;\npid %[1]s/nginx.pid;\nerror_log %[1]s/error.log warn;\nevents { worker_connections 4096; }\n"
+	nginxCommon  = "daemon off;\nmaster_process on;\nworker_processes %[2]s;\n# Workers must read files in the sandbox's private directory.\nuser root;\npid %[1]s/nginx.pid;\nerror_log %[1]s/error.log warn;\nevents { worker_connections 4096; }\n"
 	nginxHTTPTop = "  access_log off;\n  client_body_temp_path %[1]s/tmp/body;\n  proxy_temp_path %[1]s/tmp/proxy;\n  fastcgi_temp_path %[1]s/tmp/fastcgi;\n  uwsgi_temp_path %[1]s/tmp/uwsgi;\n  scgi_temp_path %[1]s/tmp/scgi;\n  # One wrk connection keeps its connection for the whole run, as\n  # metaguard's Go server lets it.\n  keepalive_requests 1000000;\n  keepalive_timeout 75s;\n  tcp_nodelay on;\n"
 )
 
 // upstreamConf serves static files: instance-id, and the meta-data listing
 // as the directory's index.
 func upstreamConf(prefix string, listen netip.AddrPort) string {
-	return fmt.Sprintf(nginxCommon, prefix) + "http {\n" + fmt.Sprintf(nginxHTTPTop, prefix) + fmt.Sprintf(
+	return fmt.Sprintf(nginxCommon, prefix, "auto") + "http {\n" + fmt.Sprintf(nginxHTTPTop, prefix) + fmt.Sprintf(
 		"  default_type text/plain;\n  sendfile on;\n  open_file_cache max=64;\n  server {\n    listen %s;\n    root %s/www;\n    index index.txt;\n  }\n}\n",
 		listen, prefix)
 }
@@ -34,20 +33,17 @@ func upstreamConf(prefix string, listen netip.AddrPort) string {
 // proxyConf is the reference L7 reverse proxy on the node: one listener
 // per upstream, HTTP/1.1 keep-alive to the upstream as metaguard's
 // transport keeps, the client's Host passed on.
-func proxyConf(prefix string, routes []nginxRoute) string {
+func proxyConf(prefix string, ups ...upstream) string {
 	var b strings.Builder
-	b.WriteString(fmt.Sprintf(nginxCommon, prefix) + "http {\n" + fmt.Sprintf(nginxHTTPTop, prefix))
-	for i, r := range routes {
-		fmt.Fprintf(&b, "  upstream u%d {\n    server %s;\n    keepalive 64;\n  }\n", i, r.upstream)
-		fmt.Fprintf(&b, "  server {\n    listen %s;\n    location / {\n      proxy_pass http://u%d;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n    }\n  }\n", r.listen, i)
+	// One worker: the reference is one event loop, as in the issue's
+	// measurement.
+	b.WriteString(fmt.Sprintf(nginxCommon, prefix, "1") + "http {\n" + fmt.Sprintf(nginxHTTPTop, prefix))
+	for i, r := range ups {
+		fmt.Fprintf(&b, "  upstream u%d {\n    server %s;\n    keepalive 64;\n  }\n", i, r.addr)
+		fmt.Fprintf(&b, "  server {\n    listen %s;\n    location / {\n      proxy_pass http://u%d;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n    }\n  }\n", r.nginxListen, i)
 	}
 	b.WriteString("}\n")
 	return b.String()
-}
-
-// nginxRoute is one listener of the reverse proxy and where it forwards.
-type nginxRoute struct {
-	listen, upstream netip.AddrPort
 }
 
 // startNginx writes conf under prefix and runs nginx in the foreground in
@@ -81,48 +77,27 @@ func startNginx(ctx context.Context, s *sandbox.Sandbox, netns, prefix, conf str
 	if err != nil {
 		return nil, err
 	}
+	// Polled every 10 ms for at most 10 s.
 	dial := sandbox.NetnsDialer(s.NodeNetns())
+	deadline := time.Now().Add(10 * time.Second)
 	for _, a := range addrs {
-		if err := poll(ctx, 10*time.Second, func() (bool, error) {
+		for {
 			if done, werr := p.Exited(); done {
 				b, _ := p.Stderr()
-				return false, fmt.Errorf("nginx exited (%v): %s", werr, b)
+				return p, fmt.Errorf("nginx exited (%v): %s", werr, b)
 			}
 			dctx, cancel := context.WithTimeout(ctx, time.Second)
-			defer cancel()
 			c, err := dial(dctx, "tcp", a.String())
-			if err != nil {
-				return false, nil
+			cancel()
+			if err == nil {
+				c.Close()
+				break
 			}
-			c.Close()
-			return true, nil
-		}); err != nil {
-			return p, fmt.Errorf("waiting for nginx on %s: %w", a, err)
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return p, fmt.Errorf("waiting for nginx on %s: %w", a, err)
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	return p, nil
-}
-
-// poll calls cond every 10 ms until it is true, fails, or timeout passes.
-func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
-	for {
-		ok, err := cond()
-		if err != nil || ok {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("gave up after %v: %w", timeout, ctx.Err())
-		case <-t.C:
-		}
-	}
-}
-
-// hostPort is a dialable "ip:port" for a URL.
-func hostPort(a netip.AddrPort) string {
-	return net.JoinHostPort(a.Addr().String(), fmt.Sprint(a.Port()))
 }

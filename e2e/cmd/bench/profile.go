@@ -2,28 +2,27 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
-// profileResult is where metaguard's CPU went during one run of row 3
-// (fast stand-in, keep-alive), from perf's cpu-clock samples with call
-// chains (Go keeps frame pointers, so user stacks unwind).
+// profileResult is where metaguard's CPU went during one run of the
+// allowed row (fast stand-in, keep-alive, all connections), from perf's
+// cpu-clock samples with call chains (Go keeps frame pointers).
 type profileResult struct {
-	err      string
 	samples  int
 	rps      float64
-	self     []perfLine // by self time
-	children []perfLine // by time including callees
+	self     []perfLine // top by self time
+	children []perfLine // top by time including callees
 	groups   []perfLine // self time summed by where the code lives
-	key      []perfLine // the request path's stages, inclusive
+	stages   []perfLine // the request path's stages, inclusive
 }
 
 // perfLine is one symbol (or group) and its share of the samples, in %.
@@ -33,121 +32,122 @@ type perfLine struct {
 	pct    float64
 }
 
-// profileAllowed runs metaguard as in row 3 and samples it with perf while
-// wrk loads the allowed path; the run's build keeps its symbol table.
-func (b *bench) profileAllowed(ctx context.Context) (*profileResult, error) {
+// stages are the request path's stages and the runtime's overheads, by
+// the symbols that contain them: a stage is the largest inclusive share
+// among its symbols (the outermost call holds its callees), or with sum
+// their total (goroutines of their own do not nest). A stage none of whose
+// symbols has a sample fails the run: a renamed function must not print 0%.
+var stages = []struct {
+	label   string
+	symbols []string
+	sum     bool
+}{
+	{"serving pod connections: read and parse requests, run the handler, write responses", []string{"net/http.(*conn).serve"}, false},
+	{"metaguard's handler, forwarding included", []string{"metaguard.dev/metaguard/proxy.(*Server).ServeHTTP"}, false},
+	{"forwarding", []string{"net/http/httputil.(*ReverseProxy).ServeHTTP"}, false},
+	{"the upstream round trip on the handler's goroutine", []string{"net/http.(*Transport).roundTrip"}, false},
+	{"the Transport's own goroutines (readLoop, writeLoop)", []string{"net/http.(*persistConn).readLoop", "net/http.(*persistConn).writeLoop"}, true},
+	{"identity lookup", []string{"metaguard.dev/metaguard/identity/podindex.(*Index).Lookup"}, false},
+	{"canonicalisation", []string{"metaguard.dev/metaguard/proxy.Canonicalize"}, false},
+	{"decision", []string{"metaguard.dev/metaguard/proxy/policy.(*Policy).decide"}, false},
+	{"audit line", []string{"metaguard.dev/metaguard/proxy/audit.(*Writer).Write"}, false},
+	{"request metrics", []string{"metaguard.dev/metaguard/proxy.(*metrics).observe"}, false},
+	{"garbage collection, background", []string{"runtime.gcBgMarkWorker"}, false},
+	{"allocation", []string{"runtime.mallocgc"}, false},
+	{"goroutine scheduling", []string{"runtime.schedule"}, false},
+	{"syscalls", []string{"entry_SYSCALL_64_after_hwframe"}, false},
+}
+
+// perfHz is the sampling rate: high enough that the cheapest stage (the
+// identity lookup, well under 1% of a request) has samples in a few
+// seconds.
+const perfHz = 4999
+
+// profileAllowed runs metaguard as in the allowed row and samples it with
+// perf while wrk loads it.
+func (b *runner) profileAllowed(ctx context.Context) (*profileResult, error) {
+	logf("profiling metaguard with perf")
 	perf, err := lookTool("perf")
-	if err != nil {
-		return nil, fmt.Errorf("perf is not installed (apt-get install -y linux-perf): no profile")
-	}
-	mg, err := b.startMetaguard(ctx, "/dev/null")
 	if err != nil {
 		return nil, err
 	}
-	defer b.stopMetaguard(ctx, mg)
-	url := "http://" + hostPort(targetFast.addr) + pathAllowed
-	if _, err := b.wrk(ctx, b.opts.warmup+time.Second, b.opts.threads, b.opts.conns, url, true); err != nil {
+	mg, stop, err := b.startMetaguard(ctx, sessMetaguard, "audit-profile.jsonl")
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	t := b.res.tables[0]
+	if _, err := b.wrk(ctx, t, pathAllowed, b.o.warmup); err != nil {
 		return nil, err
 	}
 	data := filepath.Join(b.dir, "perf.data")
-	// perf samples the middle of the wrk run: not its connection set-up,
-	// not its end.
-	span := b.opts.duration - 2*time.Second
-	if span < time.Second {
-		span = time.Second
-	}
-	var (
-		wg      sync.WaitGroup
-		perfErr error
-		perfOut []byte
-	)
-	wg.Add(1)
+	// perf samples the middle of the wrk run: not its start, not its end.
+	span := max(b.o.duration-2*time.Second, time.Second)
+	perfDone := make(chan error, 1)
 	go func() {
-		defer wg.Done()
 		select {
 		case <-time.After(time.Second):
 		case <-ctx.Done():
+			perfDone <- ctx.Err()
 			return
 		}
-		cmd := exec.CommandContext(ctx, perf, "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", strconv.Itoa(mg.Pid()),
-			"-o", data, "--", "sleep", strconv.Itoa(int(span/time.Second)))
-		perfOut, perfErr = cmd.CombinedOutput()
+		out, err := exec.CommandContext(ctx, perf, "record", "-e", "cpu-clock", "-F", strconv.Itoa(perfHz), "-g", "-p", strconv.Itoa(mg.Pid()),
+			"-o", data, "--", "sleep", strconv.Itoa(int(span/time.Second))).CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("perf record: %w: %s", err, out)
+		}
+		perfDone <- err
 	}()
-	w, err := b.wrk(ctx, b.opts.duration, b.opts.threads, b.opts.conns, url, true)
-	wg.Wait()
+	w, err := b.wrk(ctx, t, pathAllowed, b.o.duration)
+	if perr := <-perfDone; err == nil {
+		err = perr
+	}
 	if err != nil {
 		return nil, err
 	}
-	if perfErr != nil {
-		return nil, fmt.Errorf("perf record: %w: %s", perfErr, perfOut)
+	report := func(children string) ([]byte, error) {
+		return exec.CommandContext(ctx, perf, "report", "-i", data, "--stdio", children, "--sort", "sym", "-g", "none", "--percent-limit", "0").Output()
 	}
-	res := &profileResult{rps: w.RPS()}
-	selfOut, err := exec.CommandContext(ctx, perf, "report", "-i", data, "--stdio", "--no-children", "--sort", "sym", "-g", "none", "--percent-limit", "0").Output()
+	selfOut, err := report("--no-children")
 	if err != nil {
 		return nil, fmt.Errorf("perf report: %w", err)
 	}
-	childOut, err := exec.CommandContext(ctx, perf, "report", "-i", data, "--stdio", "--children", "--sort", "sym", "-g", "none", "--percent-limit", "0").Output()
+	childOut, err := report("--children")
 	if err != nil {
 		return nil, fmt.Errorf("perf report: %w", err)
 	}
-	res.samples = perfSamples(selfOut)
-	self := parsePerf(selfOut, false)
-	res.self = top(self, 15)
-	children := parsePerf(childOut, true)
-	res.key = keyStages(children)
-	res.children = top(children, 25)
-	res.groups = groupSelf(self)
-	return res, nil
+	return analyseProfile(selfOut, childOut, w.RPS())
 }
 
-// keyFunctions are the stages of a request and the runtime's overheads,
-// by the symbols (or symbol prefixes) that contain them. A stage is the
-// largest share among its symbols (the outermost call holds its callees),
-// or with sum, their total: goroutines of their own do not nest.
-var keyFunctions = []struct {
-	label    string
-	prefixes []string
-	sum      bool
-}{
-	{"serving pod connections: read and parse requests, run the handler, write responses (`net/http.(*conn).serve`)", []string{"net/http.(*conn).serve"}, false},
-	{"metaguard's handler, forwarding included (`proxy.(*Server).ServeHTTP`)", []string{"metaguard.dev/metaguard/proxy.(*Server).ServeHTTP"}, false},
-	{"forwarding (`httputil.(*ReverseProxy).ServeHTTP`)", []string{"net/http/httputil.(*ReverseProxy).ServeHTTP"}, false},
-	{"the upstream round trip on the handler's goroutine (`proxy.(*upstreamTransport).RoundTrip`, or `http.(*Transport).roundTrip`)",
-		[]string{"metaguard.dev/metaguard/proxy.(*upstreamTransport).RoundTrip", "net/http.(*Transport).roundTrip"}, false},
-	{"an http.Transport's own goroutines (`http.(*persistConn).readLoop`, `writeLoop`; none with an inline transport)",
-		[]string{"net/http.(*persistConn).readLoop", "net/http.(*persistConn).writeLoop"}, true},
-	{"identity lookup (`podindex.(*Index).Lookup`)", []string{"metaguard.dev/metaguard/identity/podindex.(*Index).Lookup"}, false},
-	{"canonicalisation (`proxy.Canonicalize`)", []string{"metaguard.dev/metaguard/proxy.Canonicalize"}, false},
-	{"decision (`policy.(*Policy).Decide`)", []string{"metaguard.dev/metaguard/proxy/policy.(*Policy).Decide"}, false},
-	{"audit line (`proxy.(*auditLog).write`)", []string{"metaguard.dev/metaguard/proxy.(*auditLog).write"}, false},
-	{"request metrics (prometheus `WithLabelValues`, `Inc`, `Observe`)", []string{"github.com/prometheus/client_golang/prometheus.(*"}, false},
-	{"garbage collection, background (`runtime.gcBgMarkWorker`)", []string{"runtime.gcBgMarkWorker"}, false},
-	{"allocation (`runtime.mallocgc`)", []string{"runtime.mallocgc"}, false},
-	{"goroutine scheduling (`runtime.schedule`)", []string{"runtime.schedule"}, false},
-	{"syscalls (kernel `entry_SYSCALL_64`)", []string{"entry_SYSCALL_64"}, false},
-}
-
-// keyStages is each key function's inclusive share.
-func keyStages(children []perfLine) []perfLine {
-	var out []perfLine
-	for _, k := range keyFunctions {
+func analyseProfile(selfOut, childOut []byte, rps float64) (*profileResult, error) {
+	self, children := parsePerf(selfOut, false), parsePerf(childOut, true)
+	res := &profileResult{samples: perfSamples(selfOut), rps: rps, groups: groupSelf(self)}
+	var missing []string
+	for _, st := range stages {
 		var share float64
-		for _, prefix := range k.prefixes {
-			best := 0.0
-			for _, l := range children {
-				if strings.HasPrefix(l.name, prefix) && l.pct > best {
-					best = l.pct
-				}
+		found := false
+		for _, sym := range st.symbols {
+			i := slices.IndexFunc(children, func(l perfLine) bool { return l.name == sym })
+			if i < 0 {
+				continue
 			}
-			if k.sum {
-				share += best
+			found = true
+			if st.sum {
+				share += children[i].pct
 			} else {
-				share = max(share, best)
+				share = max(share, children[i].pct)
 			}
 		}
-		out = append(out, perfLine{name: k.label, pct: share})
+		if !found {
+			missing = append(missing, fmt.Sprintf("%q (%s)", st.label, strings.Join(st.symbols, ", ")))
+		}
+		res.stages = append(res.stages, perfLine{name: st.label + " (`" + strings.Join(st.symbols, "`, `") + "`)", pct: share})
 	}
-	return out
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("no perf samples for the stages %s: renamed? fix the stage list in profile.go", strings.Join(missing, "; "))
+	}
+	res.self, res.children = top(self, 15), top(children, 25)
+	return res, nil
 }
 
 // parsePerf reads `perf report --stdio --sort sym -g none` lines:
@@ -155,47 +155,62 @@ func keyStages(children []perfLine) []perfLine {
 // The first percentage is the one wanted in both.
 func parsePerf(out []byte, children bool) []perfLine {
 	var lines []perfLine
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) < 3 || strings.HasPrefix(f[0], "#") || !strings.HasSuffix(f[0], "%") {
+		if len(f) < 3 || !strings.HasSuffix(f[0], "%") {
 			continue
 		}
 		pct, err := strconv.ParseFloat(strings.TrimSuffix(f[0], "%"), 64)
-		if err != nil {
-			continue
+		if rest := f[1:]; err == nil {
+			if children && strings.HasSuffix(rest[0], "%") {
+				rest = rest[1:]
+			}
+			if len(rest) >= 2 {
+				lines = append(lines, perfLine{name: strings.Join(rest[1:], " "), kernel: rest[0] == "[k]", pct: pct})
+			}
 		}
-		rest := f[1:]
-		if children && len(rest) > 0 && strings.HasSuffix(rest[0], "%") {
-			rest = rest[1:]
-		}
-		if len(rest) < 2 {
-			continue
-		}
-		lines = append(lines, perfLine{name: strings.Join(rest[1:], " "), kernel: rest[0] == "[k]", pct: pct})
 	}
 	return lines
 }
 
+// perfSamples is the sample count from "# Event count (approx.):", which,
+// unlike "# Samples: 7K", does not round: cpu-clock counts ns.
 func perfSamples(out []byte) int {
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
-	for sc.Scan() {
-		// "# Samples: 7K of event 'cpu-clock'" rounds; the event count
-		// line does not: "# Event count (approx.): 7007007000" at 999 Hz.
-		if v, ok := strings.CutPrefix(sc.Text(), "# Event count (approx.): "); ok {
+	for _, l := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(l, "# Event count (approx.): "); ok {
 			n, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return int(n/1e9*999 + 0.5)
+			return int(n/1e9*perfHz + 0.5)
 		}
 	}
 	return 0
 }
 
 func top(lines []perfLine, n int) []perfLine {
-	sort.SliceStable(lines, func(i, j int) bool { return lines[i].pct > lines[j].pct })
-	if len(lines) > n {
-		lines = lines[:n]
+	lines = slices.Clone(lines)
+	slices.SortStableFunc(lines, func(a, b perfLine) int { return -cmpPct(a, b) })
+	return lines[:min(n, len(lines))]
+}
+
+func cmpPct(a, b perfLine) int {
+	if a.pct != b.pct {
+		if a.pct < b.pct {
+			return -1
+		}
+		return 1
 	}
-	return lines
+	return strings.Compare(b.name, a.name)
+}
+
+// perfGroups say where code lives by its symbol's prefix, first match wins.
+var perfGroups = []struct{ group, prefixes string }{
+	{"metaguard's own code", "metaguard.dev/"},
+	{"net/http (server, reverse proxy, transport)", "net/http bufio. net/textproto. net/url. mime."},
+	{"net, internal/poll, syscall wrappers", "net. internal/poll. syscall. internal/runtime/syscall"},
+	{"audit log encoding (log/slog, encoding/json, strconv)", "log/slog. encoding/json. strconv."},
+	{"metrics (prometheus client)", "github.com/prometheus/"},
+	{"context, sync, time, maps, strings", "context. sync. time. internal/sync. strings. internal/runtime/maps. indexbytebody memeqbody cmpbody"},
+	{"Go runtime (scheduler, GC, allocation)", "runtime. internal/runtime/ gcWriteBarrier aeshashbody"},
 }
 
 // groupSelf sums self time by where the code lives, so that the reader
@@ -203,59 +218,20 @@ func top(lines []perfLine, n int) []perfLine {
 func groupSelf(self []perfLine) []perfLine {
 	sums := map[string]float64{}
 	for _, l := range self {
-		sums[groupOf(l)] += l.pct
+		g := "other"
+		if l.kernel {
+			g = "kernel (syscalls, TCP/IP, netfilter, scheduler)"
+		}
+		for _, pg := range perfGroups {
+			if !l.kernel && g == "other" && slices.ContainsFunc(strings.Fields(pg.prefixes), func(p string) bool { return strings.HasPrefix(l.name, p) }) {
+				g = pg.group
+			}
+		}
+		sums[g] += l.pct
 	}
-	var g []perfLine
+	var out []perfLine
 	for name, pct := range sums {
-		g = append(g, perfLine{name: name, pct: pct})
+		out = append(out, perfLine{name: name, pct: pct})
 	}
-	sort.Slice(g, func(i, j int) bool {
-		if g[i].pct != g[j].pct {
-			return g[i].pct > g[j].pct
-		}
-		return g[i].name < g[j].name
-	})
-	return g
-}
-
-var perfGroups = []struct{ prefix, group string }{
-	{"metaguard.dev/", "metaguard's own code"},
-	{"net/http", "net/http (server, reverse proxy, transport)"},
-	{"bufio.", "net/http (server, reverse proxy, transport)"},
-	{"net/textproto.", "net/http (server, reverse proxy, transport)"},
-	{"net/url.", "net/http (server, reverse proxy, transport)"},
-	{"mime.", "net/http (server, reverse proxy, transport)"},
-	{"net.", "net, internal/poll, syscall wrappers"},
-	{"internal/poll.", "net, internal/poll, syscall wrappers"},
-	{"syscall.", "net, internal/poll, syscall wrappers"},
-	{"internal/runtime/syscall", "net, internal/poll, syscall wrappers"},
-	{"log/slog.", "audit log encoding (log/slog, encoding/json, strconv)"},
-	{"encoding/json.", "audit log encoding (log/slog, encoding/json, strconv)"},
-	{"strconv.", "audit log encoding (log/slog, encoding/json, strconv)"},
-	{"github.com/prometheus/", "metrics (prometheus client)"},
-	{"context.", "context, sync, time, maps, strings"},
-	{"sync.", "context, sync, time, maps, strings"},
-	{"time.", "context, sync, time, maps, strings"},
-	{"internal/sync.", "context, sync, time, maps, strings"},
-	{"strings.", "context, sync, time, maps, strings"},
-	{"internal/runtime/maps.", "context, sync, time, maps, strings"},
-	{"runtime.", "Go runtime (scheduler, GC, allocation)"},
-	{"internal/runtime/", "Go runtime (scheduler, GC, allocation)"},
-	{"gcWriteBarrier", "Go runtime (scheduler, GC, allocation)"},
-	{"aeshashbody", "Go runtime (scheduler, GC, allocation)"},
-	{"indexbytebody", "context, sync, time, maps, strings"},
-	{"memeqbody", "context, sync, time, maps, strings"},
-	{"cmpbody", "context, sync, time, maps, strings"},
-}
-
-func groupOf(l perfLine) string {
-	if l.kernel {
-		return "kernel (syscalls, TCP/IP, netfilter, scheduler)"
-	}
-	for _, g := range perfGroups {
-		if strings.HasPrefix(l.name, g.prefix) {
-			return g.group
-		}
-	}
-	return "other"
+	return top(out, len(out))
 }

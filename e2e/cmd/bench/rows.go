@@ -2,8 +2,6 @@ package main
 
 import (
 	"net/netip"
-	"slices"
-	"time"
 
 	"metaguard.dev/metaguard/e2e/sandbox"
 )
@@ -16,125 +14,89 @@ const (
 	pathDenied  = "/latest/meta-data/iam/security-credentials/" // a credential path: 403
 )
 
-// Where the upstreams are. The fast stand-in gets an address of its own
-// in the cloud namespace; the mock is the sandbox's.
-var (
-	fastAddr = netip.MustParseAddrPort("169.254.169.249:80")
-	mockAddr = sandbox.AWSIMDS
-)
+// loadPods is how many pods the saturating tables' connections come from.
+// metaguard caps the requests one pod has in flight (an eighth of its
+// budget: 6 under the DaemonSet's GOMEMLIMIT of 32 MiB), so sixteen
+// connections from one pod would measure its 503s; four pods of four
+// connections each are a node's pods asking at once.
+const loadPods = 4
 
-// target is an upstream every row of a table reaches, directly or through
-// a proxy on the node.
-type target struct {
-	key   string
+// upstream is a metadata service every row of a table reaches, directly or
+// through a proxy on the node.
+type upstream struct {
 	title string
 	addr  netip.AddrPort
-	// nginxListen is the reverse proxy's listener for this upstream; row
-	// 2 DNATs the pod's traffic to it.
+	// nginxListen is the reverse proxy's listener for this upstream; the
+	// nginx row DNATs the pods' traffic to it.
 	nginxListen netip.AddrPort
 }
 
 var (
-	targetFast = target{key: "fast", title: "fast stand-in (static nginx)", addr: fastAddr, nginxListen: netip.AddrPortFrom(sandbox.HostIP, 8282)}
-	targetMock = target{key: "mock", title: "amazon-ec2-metadata-mock", addr: mockAddr, nginxListen: netip.AddrPortFrom(sandbox.HostIP, 8283)}
+	fast = upstream{"fast stand-in (static nginx)", netip.MustParseAddrPort("169.254.169.249:80"), netip.AddrPortFrom(sandbox.HostIP, 8282)}
+	mock = upstream{"amazon-ec2-metadata-mock", sandbox.AWSIMDS, netip.AddrPortFrom(sandbox.HostIP, 8283)}
 )
 
-// rowKind is one configuration the benchmark compares, numbered in report order.
-type rowKind int
+// session is what runs on the node during a row. A round runs every
+// session once, and each session's rows of every table back to back.
+type session string
 
 const (
-	rowDirect rowKind = iota + 1
-	rowNginx
-	rowAllow
-	rowStrip
-	rowDeny
-	rowAudit
+	sessDirect    session = "direct"
+	sessNginx     session = "nginx"
+	sessMetaguard session = "metaguard"
+	sessBaseline  session = "baseline"
+	// sessVariant is the checkout's build with other Go runtime settings.
+	sessVariant session = "variant"
+	// sessTraced is the checkout's build with the trace hook, for the
+	// tail's trace only.
+	sessTraced session = "traced"
+	// sessTracedVariant is that build with the variant's settings.
+	sessTracedVariant session = "traced-variant"
 )
 
-// session is what must be running for a row; rows of one session run
-// back to back, sessions in this order every round.
-type session int
-
-const (
-	sessNone session = iota
-	sessNginx
-	sessMetaguard
-	sessMetaguardAudit
-)
-
-var sessions = []session{sessNone, sessNginx, sessMetaguard, sessMetaguardAudit}
-
-// rowInfo says what a row is, for the run and for the reader.
-type rowInfo struct {
+// row is one configuration of a table.
+type row struct {
+	key     string
 	label   string
 	path    string
-	session session
 	status  int // every response's expected status
+	session session
 }
 
-var rowInfos = map[rowKind]rowInfo{
-	rowDirect: {"direct to the upstream (no proxy)", pathAllowed, sessNone, 200},
-	rowNginx:  {"nginx reverse proxy", pathAllowed, sessNginx, 200},
-	rowAllow:  {"metaguard, allowed path", pathAllowed, sessMetaguard, 200},
-	rowStrip:  {"metaguard, strip path (listing rewritten)", pathListing, sessMetaguard, 200},
-	rowDeny:   {"metaguard, denied path (403)", pathDenied, sessMetaguard, 403},
-	rowAudit:  {"metaguard, audit log to a file, /metrics scraped", pathAllowed, sessMetaguardAudit, 200},
+var (
+	rowDirect = row{"direct", "direct to the upstream (no proxy)", pathAllowed, 200, sessDirect}
+	rowNginx  = row{"nginx", "nginx reverse proxy", pathAllowed, 200, sessNginx}
+	rowAllow  = row{"allowed", "metaguard, allowed path", pathAllowed, 200, sessMetaguard}
+	rowStrip  = row{"strip", "metaguard, stripped listing `" + pathListing + "`", pathListing, 200, sessMetaguard}
+	rowDeny   = row{"denied", "metaguard, denied credential path (403)", pathDenied, 403, sessMetaguard}
+	rowBase   = row{"baseline", "metaguard at the baseline, allowed path", pathAllowed, 200, sessBaseline}
+	rowVar    = row{"variant", "metaguard with the variant's runtime settings, allowed path", pathAllowed, 200, sessVariant}
+)
+
+// table is one table of the report.
+type table struct {
+	key, title string
+	up         upstream
+	keepAlive  bool
+	// conns 1 measures latency, not throughput: one connection from one
+	// pod, so no request queues behind another and the difference to the
+	// direct row is what the proxy adds to a request.
+	conns int
+	rows  []row
 }
 
-// tableSpec is one table of the report.
-type tableSpec struct {
-	key       string
-	title     string
-	target    target
-	keepAlive bool
-	rows      []rowKind
-	// oneAtATime tables measure latency, not throughput: one wrk thread
-	// and connection, so no request ever queues behind another and the
-	// difference to the direct row is what the proxy adds to a request.
-	oneAtATime bool
-}
-
-func loadTables() []tableSpec {
-	all := []rowKind{rowDirect, rowNginx, rowAllow, rowStrip, rowDeny, rowAudit}
-	return []tableSpec{
-		{key: "fast", title: "Fast stand-in, keep-alive", target: targetFast, keepAlive: true, rows: all},
-		{key: "mock", title: "amazon-ec2-metadata-mock, keep-alive", target: targetMock, keepAlive: true, rows: all},
-		{key: "fast-close", title: "Fast stand-in, a new connection per request", target: targetFast, keepAlive: false,
-			rows: []rowKind{rowDirect, rowNginx, rowAllow}},
-		{key: "fast-latency", title: "Fast stand-in, one request at a time", target: targetFast, keepAlive: true, oneAtATime: true,
-			rows: []rowKind{rowDirect, rowNginx, rowAllow, rowDeny}},
+func tables(conns int, baseline, variant bool) []table {
+	var extra []row
+	if baseline {
+		extra = append(extra, rowBase)
 	}
-}
-
-// sample is one wrk run of one row and what the proxy used meanwhile.
-type sample struct {
-	wrk        wrkResult
-	cpu        cpuTime // proxy processes, over the run; 0 without proxy
-	mem        memory  // proxy processes, at the end of the run
-	unexpected int64   // responses with another status, socket errors
-}
-
-// rowResult is a row's samples over the rounds.
-type rowResult struct {
-	kind    rowKind
-	samples []sample
-}
-
-// loadResult is the load phase's outcome.
-type loadResult struct {
-	tables    []tableSpec
-	results   map[string][]*rowResult // by table key, in row order
-	startLoad string
-	endLoad   string
-	took      time.Duration
-	opts      loadOptions
-	profile   *profileResult
-}
-
-func (l *loadResult) row(table string, kind rowKind) *rowResult {
-	rs := l.results[table]
-	if i := slices.IndexFunc(rs, func(r *rowResult) bool { return r.kind == kind }); i >= 0 {
-		return rs[i]
+	if variant {
+		extra = append(extra, rowVar)
 	}
-	return nil
+	return []table{
+		{"fast", "Fast stand-in, keep-alive", fast, true, conns, append([]row{rowDirect, rowNginx, rowAllow, rowStrip, rowDeny}, extra...)},
+		{"mock", "amazon-ec2-metadata-mock, keep-alive", mock, true, conns, []row{rowDirect, rowNginx, rowAllow, rowStrip}},
+		{"close", "Fast stand-in, a new connection per request", fast, false, conns, []row{rowDirect, rowNginx, rowAllow}},
+		{"one", "Fast stand-in, one request at a time", fast, true, 1, append([]row{rowDirect, rowNginx, rowAllow, rowDeny}, extra...)},
+	}
 }
