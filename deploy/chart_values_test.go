@@ -206,7 +206,7 @@ func TestChartValues(t *testing.T) {
 		for _, e := range c.Env {
 			env[e.Name] = e.Value
 		}
-		if env["GOGC"] != "200" || env["GOMEMLIMIT"] != "100MiB" || env["GOMAXPROCS"] != "2" {
+		if env["GOGC"] != "200" || env["GOMEMLIMIT"] != "100MiB" || env["GOMAXPROCS"] != "1" {
 			t.Errorf("env %v", env)
 		}
 		if ds.Spec.Template.Spec.PriorityClassName != "system-cluster-critical" || len(ds.Spec.Template.Spec.Tolerations) != 1 {

@@ -19,7 +19,7 @@ func TestTheDaemonSetsGoRuntimeSettingsAreFound(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := goRuntimeEnv(ds.Spec.Template.Spec)
-	for _, want := range []string{"GOGC=400", "GOMEMLIMIT=32MiB", "GOMAXPROCS=2"} {
+	for _, want := range []string{"GOGC=400", "GOMEMLIMIT=32MiB", "GOMAXPROCS=1"} {
 		if !slices.Contains(env, want) {
 			t.Errorf("env %q lacks %s", env, want)
 		}
