@@ -14,5 +14,6 @@
 // in the sandbox's namespaces) and builds metaguard from the checkout as a
 // user would; the traced build only adds a file that starts and stops the
 // runtime's tracer on a signal. Every number it prints comes from the run
-// that prints it.
+// that prints it, but for the record of the upstream transport decision
+// (report.go's writeTransport), measured once against a pool since deleted.
 package main
