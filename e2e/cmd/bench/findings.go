@@ -31,21 +31,22 @@ func (r *report) writeFindings(p printer) {
 	p("passes through: the connection's, the Transport's write and read loops, net/http's background read. The trace of the\n")
 	p("slowest 1%% of requests (below) says where their time went: %.0f%% %s, %.0f%% %s, %.0f%% %s.\n",
 		share(t.slow[order[0]]), catNames[order[0]], share(t.slow[order[1]]), catNames[order[1]], share(t.slow[order[2]]), catNames[order[2]])
-	p("Of them %.0f%% overlapped a garbage collector's stop-the-world, against %.1f%% of all requests (%d collections in %.0f s,\n",
-		100*t.stwShareSlow, 100*t.stwShareAll, t.gcCycles, t.span.Seconds())
-	p("the longest stop %.1f ms: a stop waits for every P, and a P's thread the kernel has put aside holds it up). Their lock\n", float64(t.stwMax)/1e6)
+	p("Of them %.0f%% overlapped a garbage collector's mark phase, against %.0f%% of all requests (%d collections in %.0f s, a\n",
+		100*t.gcShareSlow, 100*t.gcShareAll, t.gcCycles, t.span.Seconds())
+	p("mark phase running %.0f%% of the time, its worker taking a P from the requests; the longest stop of the world %.2f ms).\n",
+		100*t.gcMarkShare, float64(t.stwMax)/1e6)
 	locks := []string{"none"}
 	for i, s := range t.slowLocks[:min(2, len(t.slowLocks))] {
 		locks = append(locks[:i], fmt.Sprintf("`%s` %.0f%%", s.name, s.pct))
 	}
-	p("waits were %.0f%% of their time, most in %s. metaguard's threads waited %.1f µs per request on the kernel's run queue,\n",
+	p("Their lock waits were %.0f%% of their time, most in %s. metaguard's threads waited %.1f µs per request on the\n",
 		share(t.slow[catLock]), strings.Join(locks, ", "), mg.wait)
-	p("nginx's %.1f µs: two Ps beside wrk and\n", ngx.wait)
-	p("the upstream on 2 cores.")
+	p("kernel's run queue for a core (wrk and the upstream share the machine's), nginx's %.1f µs.", ngx.wait)
 	if len(l.tails) > 1 && r.opts.variant != "" {
 		v, vt := l.row("fast", rowVar), l.tails[1]
 		pr := func(f func(rowStats) float64) float64 { return l.paired("fast", rowVar, rowAllow, f, ratio) }
-		p(" With `%s` the run-queue wait was %.1f µs per request and the longest stop %.2f ms; against the DaemonSet's\n", r.opts.variant, v.wait, float64(vt.stwMax)/1e6)
+		p(" With `%s` the run-queue wait was %.1f µs per request, %.0f%% of the slowest 1%% overlapped a mark phase and the longest\n", r.opts.variant, v.wait, 100*vt.gcShareSlow)
+		p("stop was %.2f ms; against the DaemonSet's\n", float64(vt.stwMax)/1e6)
 		p("settings (medians of the rounds' ratios) its p99 was %.2fx, its CPU per request %.2fx and its throughput %.2fx.",
 			pr(func(s rowStats) float64 { return s.p99 }), pr(func(s rowStats) float64 { return s.cpu }), pr(func(s rowStats) float64 { return s.rps }))
 	}
