@@ -10,12 +10,19 @@ import (
 	"strconv"
 )
 
-// conntrackFlusher forgets tracked TCP connections to an endpoint. NAT is
-// decided once per connection, on its first packet: a keep-alive connection a
-// pod opened before the DNAT rule existed keeps its un-NATed conntrack entry
-// and would keep reaching the IMDS directly. Once the entry is gone, the
-// connection's next packet is NATed to the proxy, which resets it, and the
-// client reconnects through the proxy.
+// conntrackFlusher forgets tracked TCP connections that go straight to an
+// endpoint. NAT is decided once per connection, on its first packet: a
+// keep-alive connection a pod opened before the DNAT rule existed keeps its
+// un-NATed conntrack entry and would keep reaching the IMDS directly. Once
+// the entry is gone, the connection's next packet is NATed to the proxy,
+// which resets it, and the client reconnects through the proxy.
+//
+// Only entries whose reply comes from the endpoint itself go: a connection
+// already redirected to the proxy (its reply source is the proxy) must keep
+// its entry. Without it the proxy's answers leave un-NATed and the pod
+// resets them, and a connection accepted just before the flush loses its
+// original destination; every rule repair would cut every pod's open
+// connection to metaguard.
 type conntrackFlusher interface {
 	Flush(ctx context.Context, dst netip.AddrPort) error
 }
@@ -28,7 +35,8 @@ var errNoConntrack = errors.New("conntrack binary not found")
 type execConntrack struct{ path string }
 
 func (c execConntrack) Flush(ctx context.Context, dst netip.AddrPort) error {
-	args := []string{"-D", "-p", "tcp", "--orig-dst", dst.Addr().String(), "--orig-port-dst", strconv.Itoa(int(dst.Port()))}
+	addr, port := dst.Addr().String(), strconv.Itoa(int(dst.Port()))
+	args := []string{"-D", "-p", "tcp", "--orig-dst", addr, "--orig-port-dst", port, "--reply-src", addr, "--reply-port-src", port}
 	if dst.Addr().Is6() {
 		args = append([]string{"-f", "ipv6"}, args...)
 	}

@@ -37,16 +37,16 @@ func TestExecConntrack(t *testing.T) {
 	}{
 		{"no matching entry (exit 1, 0 deleted) is not an error", netip.MustParseAddrPort("169.254.169.254:80"),
 			"conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.", 1,
-			"-D -p tcp --orig-dst 169.254.169.254 --orig-port-dst 80", false},
+			"-D -p tcp --orig-dst 169.254.169.254 --orig-port-dst 80 --reply-src 169.254.169.254 --reply-port-src 80", false},
 		{"deleted entries are success", netip.MustParseAddrPort("192.168.100.21:32000"),
 			"conntrack v1.4.7 (conntrack-tools): 2 flow entries have been deleted.", 0,
-			"-D -p tcp --orig-dst 192.168.100.21 --orig-port-dst 32000", false},
+			"-D -p tcp --orig-dst 192.168.100.21 --orig-port-dst 32000 --reply-src 192.168.100.21 --reply-port-src 32000", false},
 		{"an IPv6 endpoint is flushed in the ipv6 family", netip.MustParseAddrPort("[fd00:ec2::254]:80"),
 			"conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.", 1,
-			"-f ipv6 -D -p tcp --orig-dst fd00:ec2::254 --orig-port-dst 80", false},
+			"-f ipv6 -D -p tcp --orig-dst fd00:ec2::254 --orig-port-dst 80 --reply-src fd00:ec2::254 --reply-port-src 80", false},
 		{"any other failure is an error", netip.MustParseAddrPort("169.254.169.254:80"),
 			"conntrack v1.4.7 (conntrack-tools): Operation failed: Permission denied", 1,
-			"-D -p tcp --orig-dst 169.254.169.254 --orig-port-dst 80", true},
+			"-D -p tcp --orig-dst 169.254.169.254 --orig-port-dst 80 --reply-src 169.254.169.254 --reply-port-src 80", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

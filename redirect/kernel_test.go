@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -206,12 +209,18 @@ func testKernel(t *testing.T, b backend) {
 	}
 	for i, d := range disruptions {
 		t.Run("a sync repairs "+d.name, func(t *testing.T) {
+			held := holdThroughProxy(t, topo, srv, aws)
 			d.disrupt(t)
 			if err := rec.Sync(ctx); err != nil {
 				t.Fatal(err)
 			}
 			if got, want := repairsOf(rec), float64(i+1); got != want {
 				t.Errorf("repairs = %v, want %v", got, want)
+			}
+			// The repair flushed the endpoint's conntrack entries; the
+			// proxy's own connections must keep theirs.
+			if !topo.trackedToProxy(t, held) {
+				t.Errorf("the repair dropped the conntrack entry of a connection the proxy already held (pod port %d): its answers would leave un-NATed and be reset", held.Port())
 			}
 			expectProxied(t, topo, srv, aws)
 			expectDropped(t, topo.pod, "169.254.169.254:81")
@@ -353,4 +362,31 @@ func testKernelWithoutIPv6HostIP(t *testing.T, b backend) {
 			t.Errorf("after cleanup pod's IPv6 connection reached %q, want the IMDS", got)
 		}
 	})
+}
+
+// holdThroughProxy opens a pod connection to ep that lands on the proxy and
+// stays open; it returns the pod's end of it.
+func holdThroughProxy(t *testing.T, topo *topology, srv *servers, ep Endpoint) netip.AddrPort {
+	t.Helper()
+	c, err := dial(t, topo.pod, ep.Addr.String(), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readLine(t, c); got != "proxy" {
+		t.Fatalf("pod's connection to %s reached %q, want the proxy", ep.Addr, got)
+	}
+	<-srv.proxy
+	return c.LocalAddr().(*net.TCPAddr).AddrPort()
+}
+
+// trackedToProxy reports whether the node's conntrack still has the entry
+// that redirects the pod connection from src to the proxy.
+func (topo *topology) trackedToProxy(t *testing.T, src netip.AddrPort) bool {
+	t.Helper()
+	out, err := exec.Command("nsenter", "--net=/run/netns/"+topo.node, "conntrack", "-L", "-p", "tcp",
+		"--orig-src", src.Addr().Unmap().String(), "--orig-port-src", strconv.Itoa(int(src.Port()))).CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "0 flow entries") {
+		t.Fatalf("conntrack -L: %v: %s", err, out)
+	}
+	return strings.Contains(string(out), "sport=8181 dport="+strconv.Itoa(int(src.Port())))
 }
