@@ -365,7 +365,9 @@ func testKernelWithoutIPv6HostIP(t *testing.T, b backend) {
 }
 
 // holdThroughProxy opens a pod connection to ep that lands on the proxy and
-// stays open; it returns the pod's end of it.
+// returns the pod's end of it. The stand-in closes it after its greeting;
+// the connection's conntrack entry stays (TIME_WAIT) for minutes, and only a
+// flush that matches it removes it.
 func holdThroughProxy(t *testing.T, topo *topology, srv *servers, ep Endpoint) netip.AddrPort {
 	t.Helper()
 	c, err := dial(t, topo.pod, ep.Addr.String(), 2*time.Second)

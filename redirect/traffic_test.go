@@ -81,9 +81,6 @@ func (topo *topology) startServers(t *testing.T) *servers {
 		orig, err := OriginalDst(c)
 		s.proxy <- accepted{remote: c.RemoteAddr().(*net.TCPAddr).AddrPort(), orig: orig, err: err}
 		c.Write([]byte("proxy\n"))
-		// Held until the client hangs up, as the proxy holds a keep-alive
-		// connection.
-		io.Copy(io.Discard, c)
 	})
 	for _, port := range imdsTCPPorts {
 		serve(listenIn(t, topo.imds, "tcp", port), func(c net.Conn) {
