@@ -62,20 +62,8 @@ func testKernelRoutingBackstop(t *testing.T, b backend) {
 	topo := newTopology(t)
 	before := map[family]string{ipv4: topo.ipRules(t, ipv4), ipv6: topo.ipRules(t, ipv6)}
 	srv := topo.startServers(t)
-	rec, err := New(Config{
-		HostIPs:    []netip.Addr{netip.MustParseAddr(hostIP4), netip.MustParseAddr(hostIP6)},
-		ListenPort: 8181, UpstreamMark: testMark, Mode: string(b), Logger: discard(), sys: topo.system(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec := topo.install(t, b)
 	ctx := context.Background()
-	if err := rec.SetEndpoints(kernelEndpoints); err != nil {
-		t.Fatal(err)
-	}
-	if err := rec.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
 	expectGolden(t, topo.ipRules(t, ipv4), "rules-ipv4.golden")
 	expectGolden(t, topo.ipRules(t, ipv6), "rules-ipv6.golden")
 

@@ -4,12 +4,9 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"io"
 	"net"
-	"net/netip"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,29 +20,7 @@ import (
 // sent before closing.
 func startImpostor(t *testing.T, topo *topology) <-chan string {
 	t.Helper()
-	ln := listenIn(t, topo.pod, "tcp", ":80")
-	got := make(chan string, 16)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				c.Write([]byte("impostor\n"))
-				b, _ := io.ReadAll(c)
-				got <- string(b)
-			})
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	return got
+	return recordConnections(t, listenIn(t, topo.pod, "tcp", ":80"), "impostor")
 }
 
 // nodeDialer is an UpstreamDialer whose sockets and conntrack lookups are
@@ -101,20 +76,8 @@ func testKernelUpstreamDialer(t *testing.T, b backend) {
 	topo := newTopology(t)
 	topo.startServers(t)
 	impostor := startImpostor(t, topo)
-	rec, err := New(Config{
-		HostIPs:    []netip.Addr{netip.MustParseAddr(hostIP4), netip.MustParseAddr(hostIP6)},
-		ListenPort: 8181, UpstreamMark: testMark, Mode: string(b), Logger: discard(), sys: topo.system(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec := topo.install(t, b)
 	ctx := context.Background()
-	if err := rec.SetEndpoints(kernelEndpoints); err != nil {
-		t.Fatal(err)
-	}
-	if err := rec.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
 	ipt := binaryName(ipv4, b)
 	// kube-proxy's rules for a Service with externalIPs: [169.254.169.254],
 	// inserted at the top of nat OUTPUT after metaguard's.

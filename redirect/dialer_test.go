@@ -48,7 +48,15 @@ func upstream(t *testing.T) (addr string, received <-chan string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan string, 8)
+	return ln.Addr().String(), recordConnections(t, ln, "hello")
+}
+
+// recordConnections serves ln until the test ends: it greets each
+// connection with greeting and a newline, then reports everything the
+// connection sent before it closed (or 5 s passed).
+func recordConnections(t *testing.T, ln net.Listener, greeting string) <-chan string {
+	t.Helper()
+	got := make(chan string, 16)
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for {
@@ -59,7 +67,7 @@ func upstream(t *testing.T) (addr string, received <-chan string) {
 			wg.Go(func() {
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(5 * time.Second))
-				c.Write([]byte("hello\n"))
+				c.Write([]byte(greeting + "\n"))
 				b, _ := io.ReadAll(c)
 				got <- string(b)
 			})
@@ -69,7 +77,7 @@ func upstream(t *testing.T) (addr string, received <-chan string) {
 		ln.Close()
 		wg.Wait()
 	})
-	return ln.Addr().String(), got
+	return got
 }
 
 func newTestDialer(t *testing.T, peers *fakePeers, reg prometheus.Registerer, logs *logBuffer) *UpstreamDialer {

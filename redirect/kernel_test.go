@@ -107,20 +107,8 @@ func testKernel(t *testing.T, b backend) {
 		t.Fatalf("keep-alive connection reached %q", got)
 	}
 
-	rec, err := New(Config{
-		HostIPs:    []netip.Addr{netip.MustParseAddr(hostIP4), netip.MustParseAddr(hostIP6)},
-		ListenPort: 8181, UpstreamMark: testMark, Mode: string(b), Logger: discard(), sys: topo.system(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec := topo.install(t, b)
 	ctx := context.Background()
-	if err := rec.SetEndpoints(kernelEndpoints); err != nil {
-		t.Fatal(err)
-	}
-	if err := rec.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
 	if !rec.Ready() {
 		t.Fatal("not ready after install")
 	}
@@ -391,4 +379,24 @@ func (topo *topology) trackedToProxy(t *testing.T, src netip.AddrPort) bool {
 		t.Fatalf("conntrack -L: %v: %s", err, out)
 	}
 	return strings.Contains(string(out), "sport=8181 dport="+strconv.Itoa(int(src.Port())))
+}
+
+// install runs a dual-stack reconciler with back end b in the node
+// namespace and syncs the kernel endpoints once.
+func (topo *topology) install(t *testing.T, b backend) *Reconciler {
+	t.Helper()
+	rec, err := New(Config{
+		HostIPs:    []netip.Addr{netip.MustParseAddr(hostIP4), netip.MustParseAddr(hostIP6)},
+		ListenPort: 8181, UpstreamMark: testMark, Mode: string(b), Logger: discard(), sys: topo.system(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.SetEndpoints(kernelEndpoints); err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return rec
 }
