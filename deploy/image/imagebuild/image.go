@@ -170,6 +170,7 @@ func WriteOCIArchive(path string, images ...Tagged) error {
 	if err != nil {
 		return err
 	}
+	defer os.Remove(tmp) // a failed write leaves nothing; after the rename there is nothing to remove
 	if err := writeTree(f, dir, time.Unix(0, 0)); err != nil {
 		f.Close()
 		return err

@@ -122,9 +122,18 @@ func TestOCIArchiveNamesImagesAsTheKubeletAsksForThem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d1, _ := img.Digest()
-	if d2, _ := back[0].Image.Digest(); len(back) != 3 || d1 != d2 {
-		t.Errorf("read back %d images, first digest %s, want %s", len(back), d2, d1)
+	if len(back) != 3 {
+		t.Fatalf("read back %d images, want 3", len(back))
+	}
+	d1, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range back {
+		d2, err := b.Image.Digest()
+		if err != nil || d1 != d2 || b.Ref != want[i] {
+			t.Errorf("image %d read back as %s %s (%v), want %s %s", i, b.Ref, d2, err, want[i], d1)
+		}
 	}
 	if err := WriteOCIArchive(path, Tagged{"Not A Ref", img}); err == nil {
 		t.Error("an invalid reference was accepted")
@@ -145,8 +154,21 @@ func TestSlimDropsDocsButKeepsCopyrights(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A doc directory that is an absolute symlink points out of the root
+	// (to the build machine's own files, as the image is built as root).
+	outside := t.TempDir()
+	victim := filepath.Join(outside, "victim")
+	if err := os.WriteFile(victim, []byte("the build machine's"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(root, "usr/share/doc/escape")); err != nil {
+		t.Fatal(err)
+	}
 	if err := Slim(root); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(victim); err != nil {
+		t.Errorf("Slim followed a symlink out of the root and removed %s: %v", victim, err)
 	}
 	for _, f := range keep {
 		if _, err := os.Stat(filepath.Join(root, f)); err != nil {

@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -14,6 +16,10 @@ import (
 
 // DefaultMirror is the Debian archive debootstrap downloads from.
 const DefaultMirror = "http://deb.debian.org/debian"
+
+// debianKeyring is the Debian archive's signing keys (package
+// debian-archive-keyring), which every download is checked against.
+const debianKeyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 // Debootstrap installs a minimal Debian (debootstrap's minbase variant, the
 // package set Debian's official images start from) plus packages into dir,
@@ -28,7 +34,12 @@ func Debootstrap(ctx context.Context, dir, suite, mirror string, packages []stri
 	if _, err := exec.LookPath("debootstrap"); err != nil {
 		return errors.New("debootstrap is not installed (apt-get install debootstrap)")
 	}
-	args := []string{"--mount", "--propagation", "private", "debootstrap", "--variant=minbase", "--components=main"}
+	if _, err := os.Stat(debianKeyring); err != nil {
+		return fmt.Errorf("debootstrap checks the archive's signatures against %s: %w (apt-get install debian-archive-keyring)", debianKeyring, err)
+	}
+	// The mirror is plain HTTP: without a keyring debootstrap would only
+	// warn that it cannot check the Release file, and go on.
+	args := []string{"--mount", "--propagation", "private", "debootstrap", "--variant=minbase", "--components=main", "--keyring=" + debianKeyring}
 	if len(packages) > 0 {
 		args = append(args, "--include="+strings.Join(packages, ","))
 	}
@@ -65,26 +76,32 @@ var slimRemove = []string{
 var slimKeep = map[string]bool{"usr/share/locale/locale.alias": true}
 
 // Slim trims a debootstrapped root the way Debian's slim images are
-// trimmed; see slimRemove.
+// trimmed; see slimRemove. It works through an os.Root, so a symlink in the
+// tree (a package's absolute doc link, say) is never followed out of it to
+// the build machine's own files.
 func Slim(root string) error {
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
 	for _, pat := range slimRemove {
-		matches, err := filepath.Glob(filepath.Join(root, pat))
+		matches, err := fs.Glob(r.FS(), pat)
 		if err != nil {
 			return err
 		}
 		for _, m := range matches {
-			rel, _ := filepath.Rel(root, m)
-			if slimKeep[rel] || filepath.Base(rel) == "copyright" && strings.HasPrefix(rel, "usr/share/doc/") {
+			if slimKeep[m] || path.Base(m) == "copyright" && strings.HasPrefix(m, "usr/share/doc/") {
 				continue
 			}
-			if err := os.RemoveAll(m); err != nil {
-				return fmt.Errorf("slimming %s: %w", rel, err)
+			if err := r.RemoveAll(m); err != nil {
+				return fmt.Errorf("slimming %s: %w", m, err)
 			}
 		}
 	}
 	// An image gets its machine id and resolver from the runtime.
 	for _, f := range []string{"etc/machine-id", "etc/hostname", "etc/resolv.conf"} {
-		if err := os.Remove(filepath.Join(root, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := r.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
 	}
