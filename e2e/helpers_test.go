@@ -158,15 +158,24 @@ func (n *node) waitAudit(want int) []audit.Record {
 // metrics scrapes metaguard's /metrics from the node namespace.
 func (n *node) metrics() map[string]*dto.MetricFamily {
 	n.t.Helper()
-	resp, err := n.s.NodeHTTPClient().Get("http://127.0.0.1:9181/metrics")
+	return scrapeMetrics(n.t, n.s)
+}
+
+// scrapeMetrics reads and parses metaguard's /metrics on the node's
+// metrics port, from the node itself.
+func scrapeMetrics(t *testing.T, s *sandbox.Sandbox) map[string]*dto.MetricFamily {
+	t.Helper()
+	client := s.NodeHTTPClient()
+	client.Timeout = 5 * time.Second
+	resp, err := client.Get("http://127.0.0.1:9181/metrics")
 	if err != nil {
-		n.t.Fatal(err)
+		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		n.t.Fatalf("parsing /metrics: %v", err)
+		t.Fatalf("parsing /metrics: %v", err)
 	}
 	return fams
 }

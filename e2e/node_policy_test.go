@@ -13,8 +13,6 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"metaguard.dev/metaguard/proxy/audit"
 )
@@ -57,19 +55,7 @@ func (n *realNode) applyInstall(ref, policy string, rollout bool) {
 // metrics scrapes metaguard's /metrics on the node (hostNetwork).
 func (n *realNode) metrics() map[string]*dto.MetricFamily {
 	n.t.Helper()
-	client := n.s.NodeHTTPClient()
-	client.Timeout = 5 * time.Second
-	resp, err := client.Get("http://127.0.0.1:9181/metrics")
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		n.t.Fatalf("parsing /metrics: %v", err)
-	}
-	return fams
+	return scrapeMetrics(n.t, n.s)
 }
 
 // nodeGet is a request from the node itself (not a pod), which metaguard

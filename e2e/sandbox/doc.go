@@ -51,7 +51,7 @@
 // AddPodNetwork, CreatePodObject, and for a real node Kubectl, ImportImage,
 // TagImage, ContainerPID, WaitNodeReady, HasRealNode), Pod, PodSpec,
 // NodeOptions, PauseImage, WorkloadImage, PodClientResult, ExecOptions, Process
-// (with ProgramPid, Memory, ResetPeak and WatchMemory), Memory,
+// (with ProgramPid, ResetPeak and WatchMemory), Memory,
 // MemoryWatch, MiB, NetnsDialer, NetnsListen and the addresses of the
 // topology.
 //

@@ -54,15 +54,6 @@ func (p *Process) program() string {
 	return a[0]
 }
 
-// Memory reads the program's resident memory now.
-func (p *Process) Memory() (Memory, error) {
-	pid, err := p.ProgramPid()
-	if err != nil {
-		return Memory{}, err
-	}
-	return readMemory(pid)
-}
-
 // ResetPeak makes the program's peak (VmHWM) its current RSS, so that the
 // next reading of Peak covers only what happened since (clear_refs 5,
 // Linux 4.0 and later).
