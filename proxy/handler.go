@@ -43,7 +43,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	pol := s.cfg.Policy()
-	s.m.ensureSeries(pol)
 	info, _ := r.Context().Value(connKey{}).(connInfo)
 	ep, ok := pol.EndpointFor(info.dst)
 	if !ok {

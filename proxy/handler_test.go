@@ -377,8 +377,12 @@ func TestAlertedSeriesExistBeforeTheFirstEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As the store does: listeners first, then the policy is in force;
+	// the series must be there before any request under it.
+	if err := h.srv.PolicyChanged(pol); err != nil {
+		t.Fatal(err)
+	}
 	h.pol.Store(pol)
-	h.do(plainPod, "GET", "/latest/meta-data/instance-id", nil)
 	check("renamed")
 }
 

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
-	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -27,9 +26,6 @@ type metrics struct {
 	// labels', so the cache is no larger than the vectors.
 	mu       sync.RWMutex
 	children map[requestKind]requestSeries
-
-	// seen is the policy whose endpoints have their series made.
-	seen atomic.Pointer[policy.Policy]
 }
 
 // requestKind is what observe labels a request by.
@@ -51,13 +47,8 @@ type requestSeries struct {
 // increase and not the birth of a series at 1, which rate() cannot see.
 var alertedReasons = []audit.Reason{audit.ReasonUnknownPod, audit.ReasonPolicyInvalid, audit.ReasonOverloaded, audit.ReasonCredentialPath}
 
-// ensureSeries makes the alerted series of every endpoint of p, once per
-// policy.
+// ensureSeries makes the alerted series of every endpoint of p.
 func (m *metrics) ensureSeries(p *policy.Policy) {
-	if m.seen.Load() == p {
-		return
-	}
-	m.seen.Store(p)
 	for _, ep := range p.Endpoints() {
 		m.upstreamErrors.WithLabelValues(ep.Name)
 		for _, r := range alertedReasons {

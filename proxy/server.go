@@ -122,6 +122,15 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// PolicyChanged makes the alerted series of p's endpoints before p is in
+// force, so that its first event is an increase rate() sees and not the
+// birth of a series at 1. Register it with policy.Store.OnChange; it never
+// refuses a policy.
+func (s *Server) PolicyChanged(p *policy.Policy) error {
+	s.m.ensureSeries(p)
+	return nil
+}
+
 // Serve accepts connections on ln until ctx is done, then shuts down
 // gracefully within a deadline.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {

@@ -243,6 +243,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	store.OnChange(srv.PolicyChanged)
 	proxyLn, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("listening for pods: %w", err)
