@@ -46,9 +46,10 @@ func newUpstreamTransport(dial func(ctx context.Context, network, addr string) (
 		DialContext:        dial,
 		DisableCompression: true,
 		Protocols:          &http1,
-		// Idle upstream connections (about 30 KiB each) are bounded by the
-		// requests in flight that could have opened them, so the budget
-		// that admits those also covers these.
+		// Idle upstream connections (about 30 KiB each) are at most as
+		// many as requests may be in flight, in all endpoints together:
+		// with several endpoints they can sit beside that many active ones
+		// (1.3 MiB at GOMEMLIMIT=32MiB), which the budget's headroom holds.
 		MaxIdleConns:           maxConns,
 		MaxIdleConnsPerHost:    min(maxIdlePerEndpoint, maxConns),
 		MaxConnsPerHost:        maxConns,

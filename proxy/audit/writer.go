@@ -149,6 +149,9 @@ func (w *Writer) encode(ctx context.Context, r *Record) {
 	// allocates for more, and the group's slices come from a pool.
 	la := lineAttrs.Get().(*attrBuffers)
 	defer la.put()
+	// Grown here, so a pod with many labels grows the pooled buffer once
+	// instead of allocating on every line.
+	la.labels = slices.Grow(la.labels[:0], len(r.Labels))
 	la.fields = append(la.fields,
 		slog.String("src_ip", src),
 		slog.String("pod", r.Pod),
