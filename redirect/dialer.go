@@ -54,14 +54,15 @@ const DefaultUpstreamMark = 0x1000
 // was NATed to something other than the address dialed.
 var ErrUpstreamNAT = errors.New("the connection to the metadata endpoint was NATed elsewhere")
 
+// connectTimeout bounds a connect to the metadata service, a host away.
+const connectTimeout = 2 * time.Second
+
 // DialerConfig is what NewUpstreamDialer needs.
 type DialerConfig struct {
 	// Mark is set on every socket (SO_MARK, which needs CAP_NET_ADMIN);
 	// it must be the reconciler's Config.UpstreamMark. Zero sets none:
 	// the conntrack check still runs.
 	Mark uint32
-	// Timeout bounds a connect; default 2s.
-	Timeout time.Duration
 	// Logger receives refusals, at most one line per 10 s; nil discards.
 	Logger *slog.Logger
 	// Registerer receives metaguard_upstream_nat_refused_total; nil
@@ -109,11 +110,7 @@ func NewUpstreamDialer(cfg DialerConfig) (*UpstreamDialer, error) {
 			return nd.DialContext(ctx, network, addr)
 		}
 	}
-	timeout := cfg.Timeout
-	if timeout <= 0 {
-		timeout = 2 * time.Second
-	}
-	d.dialer = net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+	d.dialer = net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
 	if cfg.Mark != 0 {
 		mark := int(cfg.Mark)
 		d.dialer.Control = func(_, _ string, c syscall.RawConn) error {

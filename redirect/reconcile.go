@@ -143,13 +143,14 @@ func (r *Reconciler) sync(ctx context.Context) error {
 	var changes []string
 	// The routing rules first: on a first install they refuse pods'
 	// escaped connections before anything else exists, and on a repair
-	// they are the layer that held while the chains were gone.
+	// they are the layer that held while the chains were gone. A failure
+	// there must not also cost the chains, the layer that redirects: it
+	// is returned once they are in place, and the node is not ready.
+	var routeErr error
 	if r.sys.rules != nil {
 		c, err := r.syncRouteRules(ctx, wantRoutes)
 		changes = append(changes, c...)
-		if err != nil {
-			return err
-		}
+		routeErr = err
 	}
 	var flush []netip.AddrPort
 	for _, f := range families {
@@ -162,11 +163,18 @@ func (r *Reconciler) sync(ctx context.Context) error {
 		c, natChanged, err := r.syncFamily(ctx, run, r.tables[f], want[f])
 		changes = append(changes, c...)
 		if err != nil {
-			return fmt.Errorf("syncing %s rules (%s): %w", f, r.backend, err)
+			return errors.Join(routeErr, fmt.Errorf("syncing %s rules (%s): %w", f, r.backend, err))
 		}
 		if natChanged {
 			flush = append(flush, dnatTargets(eps, f)...)
 		}
+	}
+	if routeErr != nil {
+		if len(changes) > 0 {
+			r.log.Warn("redirect chains installed, routing rules not", "backend", string(r.backend), "changes", changes, "err", routeErr)
+		}
+		r.flushConntrack(ctx, flush)
+		return routeErr
 	}
 	switch {
 	case len(changes) == 0:
@@ -294,8 +302,12 @@ func (r *Reconciler) Run(ctx context.Context, period time.Duration) error {
 	retry := minRetry
 	for {
 		wait := period
-		started := time.Now()
-		if err := r.Sync(ctx); err != nil {
+		err := r.Sync(ctx)
+		// The gap below runs from here, the end of the sync: a sync takes
+		// longer than the gap, so measured from its start it would let
+		// another program's churn run syncs back to back.
+		ended := time.Now()
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -315,8 +327,8 @@ func (r *Reconciler) Run(ctx context.Context, period time.Duration) error {
 		case <-r.kick:
 			timer.Stop()
 		}
-		// Woken early: keep syncs at least minEventGap apart.
-		if gap := minEventGap - time.Since(started); gap > 0 {
+		// Woken early: leave at least minEventGap between syncs.
+		if gap := minEventGap - time.Since(ended); gap > 0 {
 			t := time.NewTimer(gap)
 			select {
 			case <-ctx.Done():

@@ -313,6 +313,9 @@ func TestAFailedRuleWriteFailsTheSync(t *testing.T) {
 	if fx.rec.Ready() {
 		t.Error("ready without the backstop")
 	}
+	if n := len(chainRules(t, fx.v4, "nat", NATChain)); n == 0 {
+		t.Error("the failed routing rules also kept the redirect chains out")
+	}
 }
 
 func TestCleanupRemovesTheRoutingRules(t *testing.T) {
