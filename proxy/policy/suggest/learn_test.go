@@ -252,3 +252,39 @@ func TestReviewIsBounded(t *testing.T) {
 		t.Errorf("the review does not say what it left out:\n%s", sug.YAML)
 	}
 }
+
+// TestOneNameNeverStandsForTwoGroups: pods choose their labels, so a group
+// can be named after the hashed name two colliding groups were given. Each
+// group keeps its own name, and granting one grants only that group.
+func TestOneNameNeverStandsForTwoGroups(t *testing.T) {
+	in := mustParse(t, learnConfig)
+	cred := "/latest/meta-data/iam/security-credentials/role"
+	podWith := func(name, app string) pod {
+		return pod{name: name, namespace: "shop", sa: "default", labels: map[string]string{"app": app}}
+	}
+	collide := []pod{podWith("web", "web"), podWith("web-upper", "WEB")}
+	_, sug, _ := suggestFrom(t, learnConfig, labelBy("app"), logOf(t, in, byEach(collide, func(p pod) []call { return gets(p, "aws", cred) })))
+	var hashed []string
+	for _, r := range sug.Review {
+		hashed = append(hashed, r.Group)
+	}
+	if len(hashed) != 2 || hashed[0] == hashed[1] || !strings.HasPrefix(hashed[0], "shop-web-") {
+		t.Fatalf("colliding groups named %v, want two hashed shop-web names", hashed)
+	}
+	// A third group labelled with the hashed name's suffix, and one whose
+	// rule names fall on the others' (shop-web-credentials).
+	pods := append(collide, podWith("impostor", strings.TrimPrefix(hashed[0], "shop-")), podWith("cred-impostor", "web-credentials"))
+	_, sug, _ = suggestFrom(t, learnConfig, labelBy("app"), logOf(t, in, byEach(pods, func(p pod) []call {
+		return append(gets(p, "aws", cred), gets(p, "aws", "/latest/meta-data/instance-id")...)
+	})))
+	seen := map[string]bool{}
+	for _, r := range sug.Review {
+		if seen[r.Group] {
+			t.Errorf("two groups are both called %s:\n%s", r.Group, sug.YAML)
+		}
+		seen[r.Group] = true
+	}
+	if len(seen) != len(pods) {
+		t.Errorf("%d review groups for %d pods' groups: %v", len(seen), len(pods), sug.Review)
+	}
+}

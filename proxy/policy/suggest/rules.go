@@ -284,22 +284,18 @@ func fingerprint(r *ruleOut) string {
 // e.g. shop-web, shop-sa-builder: its rules are named after it, and
 // --grant-credentials takes it.
 func (s *Suggester) groupNames() map[*group]string {
-	names := map[*group]string{}
-	count := map[string]int{}
+	var gs []*group
+	var names, ids []string
 	for _, g := range s.groups {
-		n := ruleName(s.baseName(g.key), fmt.Sprint(g.key))
-		names[g] = n
-		count[n]++
+		gs = append(gs, g)
+		names = append(names, ruleName(s.baseName(g.key), fmt.Sprint(g.key)))
+		ids = append(ids, fmt.Sprint(g.key))
 	}
-	for g, n := range names {
-		if count[n] > 1 {
-			// Two groups that differ only in characters a rule name
-			// cannot hold (App=Web and app=web): a hash of the group
-			// tells them apart.
-			names[g] = withHash(n, fmt.Sprint(g.key))
-		}
+	out := map[*group]string{}
+	for i, n := range uniqueNames(names, ids) {
+		out[gs[i]] = n
 	}
-	return names
+	return out
 }
 
 // name gives every rule a unique valid name derived from its group's, e.g.
@@ -311,7 +307,7 @@ func (s *Suggester) name(rules []*ruleOut, groups map[*group]string) {
 		n[b2i(r.credentials)]++
 		perGroup[r.group] = n
 	}
-	ids := make([]string, len(rules))
+	names, ids := make([]string, len(rules)), make([]string, len(rules))
 	for i, r := range rules {
 		base := groups[r.group]
 		if perGroup[r.group][b2i(r.credentials)] > 1 {
@@ -321,19 +317,45 @@ func (s *Suggester) name(rules []*ruleOut, groups map[*group]string) {
 			base += "-credentials"
 		}
 		ids[i] = fmt.Sprint(r.group.key, r.endpoints, r.credentials)
-		r.name = ruleName(base, ids[i])
+		names[i] = ruleName(base, ids[i])
 	}
+	for i, n := range uniqueNames(names, ids) {
+		rules[i].name = n
+	}
+}
+
+// uniqueNames makes names unique; ids (unique) identify their owners. A
+// name that stands once is kept. One that several share (App=Web and
+// app=web, or a group called shop-web-credentials beside shop-web's
+// credential rule) gets a hash of its owner's id, and a hashed name that is
+// still taken is hashed again with a counter until it is free: pods choose
+// their labels, so a group can be named after another's hash on purpose,
+// and one name must never stand for two groups (--grant-credentials takes
+// names). The result depends on the ids, not on the order given.
+func uniqueNames(names, ids []string) []string {
 	count := map[string]int{}
-	for _, r := range rules {
-		count[r.name]++
+	for _, n := range names {
+		count[n]++
 	}
-	for i, r := range rules {
-		if count[r.name] > 1 {
-			// A group called shop-web-credentials beside shop-web's
-			// credential rule.
-			r.name = withHash(r.name, ids[i])
+	out := make([]string, len(names))
+	taken := map[string]bool{}
+	var shared []int
+	for i, n := range names {
+		if count[n] == 1 {
+			out[i], taken[n] = n, true
+		} else {
+			shared = append(shared, i)
 		}
 	}
+	sort.Slice(shared, func(a, b int) bool { return ids[shared[a]] < ids[shared[b]] })
+	for _, i := range shared {
+		h := withHash(names[i], ids[i])
+		for k := 1; taken[h]; k++ {
+			h = withHash(names[i], fmt.Sprintf("%s#%d", ids[i], k))
+		}
+		out[i], taken[h] = h, true
+	}
+	return out
 }
 
 func (s *Suggester) baseName(k groupKey) string {
