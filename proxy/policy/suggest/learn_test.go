@@ -244,7 +244,10 @@ func TestReviewIsBounded(t *testing.T) {
 	for i := range maxReviewPaths + 40 {
 		probes = append(probes, fmt.Sprintf("/latest/meta-data/iam/security-credentials/guess-%03d", i))
 	}
-	_, sug, _ := suggestFrom(t, learnConfig, labelBy("app"), logOf(t, in, gets(webs[0], "aws", probes...)))
+	s, sug, _ := suggestFrom(t, learnConfig, labelBy("app"), logOf(t, in, gets(webs[0], "aws", probes...)))
+	if s.stats.Review != maxReviewPaths || s.stats.OverBound != 40 {
+		t.Errorf("counted %d for review and %d over the bound, want %d and 40: each line once", s.stats.Review, s.stats.OverBound, maxReviewPaths)
+	}
 	if n := strings.Count(string(sug.YAML), "/latest/meta-data/iam/security-credentials/guess-"); n != maxReviewPaths {
 		t.Errorf("%d probed paths listed for review, want the %d kept", n, maxReviewPaths)
 	}

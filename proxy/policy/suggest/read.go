@@ -124,7 +124,6 @@ func (s *Suggester) add(rec *audit.Record) string {
 	}
 	pod := g.pods.id(rec.Pod)
 	if credential && !granted {
-		s.stats.Review++
 		s.review(g, ep, rec, bit, pod)
 		return ""
 	}
@@ -173,6 +172,7 @@ func (s *Suggester) review(g *group, ep *policy.Endpoint, rec *audit.Record, bit
 		u = &reviewUse{}
 		paths[rec.Path] = u
 	}
+	s.stats.Review++ // a line past the bound is counted once, as OverBound
 	u.methods |= bit
 	u.add(pod, rec.Time, rec.Decision.String()+" "+rec.Reason.String())
 	addKeys(&u.queryKeys, rec.QueryKeys)
