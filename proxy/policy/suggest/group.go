@@ -48,10 +48,11 @@ type pathUse struct {
 	// credential: the path is in the credential class, and the policy in
 	// force granted it.
 	credential bool
-	// read and put are the pods that used the path with GET or HEAD, and
-	// with PUT: a pattern is only made from paths two pods used.
-	read, put podSet
-	requests  int64
+	// read, put and del are the pods that used the path with GET or
+	// HEAD, with PUT and with DELETE: a pattern is only made from paths two
+	// pods used.
+	read, put, del podSet
+	requests       int64
 	// queryKeys of credential requests, for the hint to pin an identity.
 	queryKeys map[string]bool
 }
@@ -90,19 +91,25 @@ const (
 	methodGet methodSet = 1 << iota
 	methodHead
 	methodPut
+	methodDelete
+	methodsRead = methodGet | methodHead
 )
 
-var methodBits = map[string]methodSet{"GET": methodGet, "HEAD": methodHead, "PUT": methodPut}
+// methodBits are the methods the policy decides (policy.Endpoint.Serves
+// says where): learning takes no other.
+var methodBits = map[string]methodSet{"GET": methodGet, "HEAD": methodHead, "PUT": methodPut, "DELETE": methodDelete}
 
-func methodNames(m methodSet) string {
+func methodList(m methodSet) []string {
 	var names []string
-	for _, name := range []string{"GET", "HEAD", "PUT"} {
+	for _, name := range []string{"GET", "HEAD", "PUT", "DELETE"} {
 		if m&methodBits[name] != 0 {
 			names = append(names, name)
 		}
 	}
-	return strings.Join(names, ",")
+	return names
 }
+
+func methodNames(m methodSet) string { return strings.Join(methodList(m), ",") }
 
 // podTable numbers a group's pods, so each path holds small numbers, not
 // names.

@@ -291,3 +291,37 @@ func TestOneNameNeverStandsForTwoGroups(t *testing.T) {
 		t.Errorf("%d review groups for %d pods' groups: %v", len(seen), len(pods), sug.Review)
 	}
 }
+
+// TestWritesAreLearnedWithTheirOwnMethods: GCP takes PUT and DELETE on
+// guest attributes; a guest agent that uses both keeps both under the
+// suggested policy, and nothing it did not use.
+func TestWritesAreLearnedWithTheirOwnMethods(t *testing.T) {
+	in := mustParse(t, learnConfig)
+	agent := pod{name: "agent", namespace: "shop", sa: "default", labels: map[string]string{"app": "agent"}}
+	attr := "/computeMetadata/v1/instance/guest-attributes/agent/state"
+	calls := []call{
+		{pod: agent, endpoint: "gcp", method: "PUT", path: attr},
+		{pod: agent, endpoint: "gcp", method: "DELETE", path: attr},
+		{pod: agent, endpoint: "gcp", method: "GET", path: "/computeMetadata/v1/instance/zone"},
+	}
+	s, _, out := suggestFrom(t, learnConfig, labelBy("app"), logOf(t, in, calls))
+	if s.stats.Malformed != 0 {
+		t.Errorf("%d lines taken as malformed", s.stats.Malformed)
+	}
+	ep, _ := out.EndpointByName("gcp")
+	for _, tt := range []struct {
+		method, path string
+		allowed      bool
+	}{
+		{"PUT", attr, true},
+		{"DELETE", attr, true},
+		{"GET", "/computeMetadata/v1/instance/zone", true},
+		{"DELETE", "/computeMetadata/v1/instance/guest-attributes/agent/other", false},
+		{"PUT", "/computeMetadata/v1/instance/zone", false},
+	} {
+		d := out.Decide(agent.identity(), policy.Request{Endpoint: ep, Method: tt.method, Path: tt.path})
+		if allowed := d.Forwarded() && !d.Audit; allowed != tt.allowed {
+			t.Errorf("%s %s under the suggestion: %s, want allowed %v", tt.method, tt.path, d.Reason, tt.allowed)
+		}
+	}
+}

@@ -145,9 +145,12 @@ func (s *Suggester) add(rec *audit.Record) string {
 	s.stats.Used++
 	u.methods |= bit
 	u.requests++
-	if bit == methodPut {
+	switch bit {
+	case methodPut:
 		u.put.add(pod)
-	} else {
+	case methodDelete:
+		u.del.add(pod)
+	default:
 		u.read.add(pod)
 	}
 	if credential {

@@ -3,6 +3,8 @@ package suggest
 import (
 	"fmt"
 	"hash/fnv"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 
@@ -96,14 +98,14 @@ func (s *Suggester) sortedGroups() []*group {
 // the policy in force granted and, when the operator grants the group its
 // reviewed requests, those.
 func (s *Suggester) endpointRules(g *group, ep *policy.Endpoint, granted bool) (plain, creds *ruleOut) {
-	var reads, puts trie
+	var reads, puts, dels trie
 	credMethods := map[string]methodSet{}
 	credPods := map[string]podSet{}
 	credRequests := map[string]int64{}
 	for path, u := range g.endpoints[ep.Name] {
 		if u.credential {
 			credMethods[path] |= u.methods
-			credPods[path] = credPods[path].union(u.read.union(u.put))
+			credPods[path] = credPods[path].union(u.read.union(u.put).union(u.del))
 			credRequests[path] += u.requests
 			continue
 		}
@@ -112,6 +114,9 @@ func (s *Suggester) endpointRules(g *group, ep *policy.Endpoint, granted bool) (
 		}
 		if len(u.put) > 0 {
 			puts.insert(path, u.put, u.requests)
+		}
+		if len(u.del) > 0 {
+			dels.insert(path, u.del, u.requests)
 		}
 	}
 	review := g.review[ep.Name]
@@ -133,14 +138,14 @@ func (s *Suggester) endpointRules(g *group, ep *policy.Endpoint, granted bool) (
 		return ep.Flavor != policy.FlavorGeneric && !ep.IsCredential(dir) && !listsCredentials(s.pol, ep, dir)
 	}
 	th := s.opts.CollapseThreshold
-	if e := entries(collapse(&reads, th, mayWiden), collapse(&puts, th, mayWiden)); len(e) > 0 {
+	if e := entries(collapse(&reads, th, mayWiden), collapse(&puts, th, mayWiden), collapse(&dels, th, mayWiden)); len(e) > 0 {
 		plain = &ruleOut{group: g, endpoints: eps, entries: e}
 	}
 	if len(credMethods) == 0 {
 		return plain, nil
 	}
 	credPaths := make([]string, 0, len(credMethods))
-	var credReads, credPuts []covered
+	var credReads, credPuts, credDels []covered
 	for path, m := range credMethods {
 		credPaths = append(credPaths, path)
 		c := covered{pattern: path, paths: 1, pods: credPods[path], requests: credRequests[path]}
@@ -150,11 +155,15 @@ func (s *Suggester) endpointRules(g *group, ep *policy.Endpoint, granted bool) (
 		if m&methodPut != 0 {
 			credPuts = append(credPuts, c)
 		}
+		if m&methodDelete != 0 {
+			credDels = append(credDels, c)
+		}
 	}
 	sortCovered(credReads)
 	sortCovered(credPuts)
+	sortCovered(credDels)
 	sort.Strings(credPaths)
-	creds = &ruleOut{group: g, endpoints: eps, credentials: true, granted: granted && len(review) > 0, entries: entries(credReads, credPuts)}
+	creds = &ruleOut{group: g, endpoints: eps, credentials: true, granted: granted && len(review) > 0, entries: entries(credReads, credPuts, credDels)}
 	for _, path := range credPaths {
 		keys := map[string]bool{}
 		line := "  " + methodNames(credMethods[path]) + " " + path + " by " + g.pods.describe(credPods[path])
@@ -202,40 +211,57 @@ func listsCredentials(pol *policy.Policy, ep *policy.Endpoint, dir string) bool 
 	return pol.Explain(identity.Identity{}, policy.Request{Endpoint: ep, Method: "GET", Path: dir}).Listing
 }
 
-// entries groups patterns by the methods they were used with. GET and HEAD
-// are one class: HEAD shows no more than GET, and together they are the
-// policy's default, so such entries need no methods line.
-func entries(reads, puts []covered) []entry {
-	inPut := map[string]covered{}
-	for _, c := range puts {
-		inPut[c.pattern] = c
+// entries makes one entry per set of methods the patterns were used with.
+// GET and HEAD are one class: HEAD shows no more than GET, and together
+// they are the policy's default, so such entries need no methods. The
+// reads alone come first, then the sets with reads, then the writes alone;
+// paths keep the order they are given in.
+func entries(reads, puts, dels []covered) []entry {
+	type use struct {
+		c covered
+		m methodSet
 	}
-	inRead := map[string]bool{}
-	var readOnly, both, putOnly []covered
-	for _, c := range reads {
-		inRead[c.pattern] = true
-		if p, ok := inPut[c.pattern]; ok {
-			c.pods = c.pods.union(p.pods)
-			c.requests += p.requests
-			both = append(both, c)
-		} else {
-			readOnly = append(readOnly, c)
+	byPattern := map[string]*use{}
+	var order []string
+	add := func(cs []covered, m methodSet) {
+		for _, c := range cs {
+			u := byPattern[c.pattern]
+			if u == nil {
+				u = &use{c: c}
+				byPattern[c.pattern] = u
+				order = append(order, c.pattern)
+			} else {
+				u.c.pods = u.c.pods.union(c.pods)
+				u.c.requests += c.requests
+			}
+			u.m |= m
 		}
 	}
-	for _, c := range puts {
-		if !inRead[c.pattern] {
-			putOnly = append(putOnly, c)
-		}
+	add(reads, methodsRead)
+	add(puts, methodPut)
+	add(dels, methodDelete)
+	bySet := map[methodSet][]covered{}
+	for _, p := range order {
+		u := byPattern[p]
+		bySet[u.m] = append(bySet[u.m], u.c)
 	}
+	sets := slices.Collect(maps.Keys(bySet))
+	slices.SortFunc(sets, func(a, b methodSet) int {
+		if ra, rb := a&methodsRead != 0, b&methodsRead != 0; ra != rb {
+			if ra {
+				return -1
+			}
+			return 1
+		}
+		return int(a) - int(b)
+	})
 	var out []entry
-	if len(readOnly) > 0 {
-		out = append(out, entry{paths: readOnly})
-	}
-	if len(both) > 0 {
-		out = append(out, entry{methods: []string{"GET", "HEAD", "PUT"}, paths: both})
-	}
-	if len(putOnly) > 0 {
-		out = append(out, entry{methods: []string{"PUT"}, paths: putOnly})
+	for _, m := range sets {
+		e := entry{paths: bySet[m]}
+		if m != methodsRead {
+			e.methods = methodList(m)
+		}
+		out = append(out, e)
 	}
 	return out
 }
