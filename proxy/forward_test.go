@@ -219,6 +219,11 @@ func TestTimedOutRecognisesEverySpellingOfADeadline(t *testing.T) {
 func TestGCPAnswersOfTheProxysOwnSayMetadataFlavor(t *testing.T) {
 	h := newHarness(t, "gcp", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Metadata-Flavor", "Google")
+		if r.URL.Path == "/computeMetadata/v1/" {
+			// An answer the strip replaces with one of its own.
+			http.Error(w, "not found", http.StatusNotFound)
+			return
+		}
 		io.WriteString(w, "ok")
 	})
 	for _, tt := range []struct {
@@ -233,6 +238,8 @@ func TestGCPAnswersOfTheProxysOwnSayMetadataFlavor(t *testing.T) {
 		{"a malformed request", plainPod, "GET", "/computeMetadata/v1/instance/%2e%2e/", 400},
 		{"a method not served", plainPod, "POST", "/", 405},
 		{"a forwarded answer", plainPod, "GET", "/computeMetadata/v1/instance/id", 200},
+		{"a stripped listing", plainPod, "GET", "/computeMetadata/v1/instance/", 200},
+		{"the strip's own answer to an upstream error", plainPod, "GET", "/computeMetadata/v1/", 404},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			resp, _ := h.do(tt.src, tt.method, tt.target, http.Header{"Metadata-Flavor": {"Google"}})

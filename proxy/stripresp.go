@@ -136,10 +136,6 @@ func strip200(t stripTarget, h http.Header, body []byte) (answer, error) {
 	if ct := safeContentType(h.Get("Content-Type")); ct != "" {
 		hdr.Set("Content-Type", ct)
 	}
-	if h.Get("Metadata-Flavor") == "Google" {
-		// GCP clients check it to know they talk to the metadata server.
-		hdr.Set("Metadata-Flavor", "Google")
-	}
 	if h.Get("Etag") != "" {
 		hdr.Set("Etag", etagOf(body))
 	}
@@ -230,6 +226,13 @@ func (f *forwarder) stripResponse(resp *http.Response, ex *exchange) error {
 		if a, err = f.waitForVisibleChange(resp.Request, resp.Header.Get("Etag"), a, ex, t); err != nil {
 			return err
 		}
+	}
+	// Every answer a strip makes is the proxy's own, so it carries what
+	// the service puts on its answers (GCP clients check Metadata-Flavor
+	// to know they talk to the metadata server), as the proxy's other
+	// answers do.
+	for k, v := range ex.ep.AnswerHeaders() {
+		a.header.Set(k, v)
 	}
 	a.apply(resp)
 	return nil
