@@ -121,12 +121,16 @@ func (l *limitListener) evictableLocked(src netip.Addr) *limitedConn {
 	if most <= fair || most <= len(l.bySrc[src])+1 {
 		return nil
 	}
+	// The oldest idle connection first: its client retries on a new
+	// connection. A new one may hold a whole first request not yet read,
+	// which closing it loses; it goes only when the source has no idle
+	// one (a slow-header flood's are all new).
 	var oldest *limitedConn
 	for c := range l.bySrc[heaviest] {
 		if !c.evictable() {
 			continue
 		}
-		if oldest == nil || c.since.Before(oldest.since) {
+		if oldest == nil || c.idle() && !oldest.idle() || c.idle() == oldest.idle() && c.since.Before(oldest.since) {
 			oldest = c
 		}
 	}
@@ -172,6 +176,8 @@ func (c *limitedConn) evictable() bool {
 	st := http.ConnState(c.state.Load())
 	return st == http.StateIdle || st == http.StateNew
 }
+
+func (c *limitedConn) idle() bool { return http.ConnState(c.state.Load()) == http.StateIdle }
 
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()

@@ -93,3 +93,26 @@ func TestEvictionDoesNotSpareFreshConnections(t *testing.T) {
 		})
 	}
 }
+
+// TestEvictionTakesAnIdleConnectionBeforeANewOne: a new connection may
+// hold a whole first request not yet read; an idle one's client retries
+// on a fresh connection. The idle one goes first, even when the new one is
+// older.
+func TestEvictionTakesAnIdleConnectionBeforeANewOne(t *testing.T) {
+	heavy, newcomer := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.9")
+	l := &limitListener{maxTotal: 4, maxPerSrc: 100, bySrc: map[netip.Addr]map[*limitedConn]struct{}{}}
+	t0 := time.Now()
+	var idle *limitedConn
+	for i, st := range []http.ConnState{http.StateNew, http.StateNew, http.StateIdle, http.StateActive} {
+		lc := &limitedConn{l: l, src: heavy, since: t0.Add(time.Duration(i) * time.Second)}
+		lc.state.Store(int32(st))
+		l.acquire(lc)
+		if st == http.StateIdle {
+			idle = lc
+		}
+	}
+	ok, victim, _ := l.acquire(&limitedConn{l: l, src: newcomer, since: t0.Add(time.Minute)})
+	if !ok || victim != idle {
+		t.Fatalf("admitted %v, evicted %p; want the idle connection %p", ok, victim, idle)
+	}
+}
