@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/mdlayher/netlink"
@@ -111,10 +112,14 @@ func subscribe(ctx context.Context, proto int, groups []uint32, netns int, relev
 
 // nftChangeConcernsUs reports whether an nftables notification may concern
 // metaguard's chains: a change to the ip or ip6 nat or filter table, where
-// iptables-nft keeps them. Other tables (kube-proxy's nftables mode,
-// firewalld's) cannot hold metaguard's rules, and a sync could not undo
-// what they do, so their churn costs nothing. A message that cannot be
-// read counts as a change.
+// iptables-nft keeps them, and there to a built-in chain (where the jumps
+// are, and where a rule above them would take traffic first) or one of
+// metaguard's own. Other tables (kube-proxy's nftables mode, firewalld's)
+// cannot hold metaguard's rules, and a sync could not undo what they do;
+// other chains (KUBE-SERVICES and the like, which a tenant's Services
+// churn) see traffic only after metaguard's jumps. Their churn costs
+// nothing. A message that cannot be read, or names no chain (a table's
+// deletion), counts as a change.
 func nftChangeConcernsUs(m netlink.Message) bool {
 	if uint16(m.Header.Type)>>8 != unix.NFNL_SUBSYS_NFTABLES {
 		return false
@@ -136,16 +141,27 @@ func nftChangeConcernsUs(m netlink.Message) bool {
 	if err != nil {
 		return true
 	}
+	msgType := uint16(m.Header.Type) & 0xff
+	table, chain := "", ""
 	for ad.Next() {
-		// Attribute 1 is the table's name in every message about a table
-		// or something in one (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE,
-		// NFTA_RULE_TABLE, NFTA_SET_TABLE, ...).
-		if ad.Type() == 1 {
-			t := ad.String()
-			return t == tableNAT || t == tableFilter
+		switch {
+		case ad.Type() == 1:
+			// The table's name in every message about a table or something
+			// in one (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE,
+			// NFTA_SET_TABLE, ...).
+			table = ad.String()
+		case ad.Type() == unix.NFTA_RULE_CHAIN && (msgType == unix.NFT_MSG_NEWRULE || msgType == unix.NFT_MSG_DELRULE),
+			ad.Type() == unix.NFTA_CHAIN_NAME && (msgType == unix.NFT_MSG_NEWCHAIN || msgType == unix.NFT_MSG_DELCHAIN):
+			chain = ad.String()
 		}
 	}
-	return true
+	if ad.Err() != nil || table == "" {
+		return true
+	}
+	if table != tableNAT && table != tableFilter {
+		return false
+	}
+	return chain == "" || slices.Contains(builtinChains[table], chain) || slices.Contains(ownChains, chain)
 }
 
 // fibRuleHdrLen is the size of struct fib_rule_hdr, which precedes a rule

@@ -12,14 +12,23 @@ import (
 )
 
 // nftMessage builds an nftables notification: nfgenmsg, then the table's
-// name as attribute 1, as the kernel sends it.
-func nftMessage(t *testing.T, msgType uint16, fam uint8, table string) netlink.Message {
+// name as attribute 1 and, for a rule or chain, the chain's name, as the
+// kernel sends them.
+func nftMessage(t *testing.T, msgType uint16, fam uint8, table string, chain ...string) netlink.Message {
 	t.Helper()
 	data := []byte{fam, 0, 0, 0}
 	if table != "" {
 		ae := netlink.NewAttributeEncoder()
 		ae.String(1, table)
-		ae.Uint32(2, 7) // a chain handle or such: must not matter
+		for _, c := range chain {
+			switch msgType {
+			case unix.NFT_MSG_NEWRULE, unix.NFT_MSG_DELRULE:
+				ae.String(unix.NFTA_RULE_CHAIN, c)
+			default:
+				ae.Uint64(unix.NFTA_CHAIN_HANDLE, 7) // must not matter
+				ae.String(unix.NFTA_CHAIN_NAME, c)
+			}
+		}
 		b, err := ae.Encode()
 		if err != nil {
 			t.Fatal(err)
@@ -36,6 +45,12 @@ func TestNFTChangeConcernsUs(t *testing.T) {
 		want bool
 	}{
 		{"a rule added to ip nat", nftMessage(t, unix.NFT_MSG_NEWRULE, unix.NFPROTO_IPV4, "nat"), true},
+		{"a rule inserted in nat PREROUTING", nftMessage(t, unix.NFT_MSG_NEWRULE, unix.NFPROTO_IPV4, "nat", "PREROUTING"), true},
+		{"a rule deleted from metaguard's filter chain", nftMessage(t, unix.NFT_MSG_DELRULE, unix.NFPROTO_IPV4, "filter", FilterChain), true},
+		{"metaguard's nat chain deleted", nftMessage(t, unix.NFT_MSG_DELCHAIN, unix.NFPROTO_IPV6, "nat", NATChain), true},
+		{"the FORWARD chain's policy changed", nftMessage(t, unix.NFT_MSG_NEWCHAIN, unix.NFPROTO_IPV4, "filter", "FORWARD"), true},
+		{"kube-proxy's iptables-nft rules churning in KUBE-SERVICES", nftMessage(t, unix.NFT_MSG_NEWRULE, unix.NFPROTO_IPV4, "nat", "KUBE-SERVICES"), false},
+		{"a KUBE-SEP chain made", nftMessage(t, unix.NFT_MSG_NEWCHAIN, unix.NFPROTO_IPV4, "nat", "KUBE-SEP-ABC"), false},
 		{"a rule deleted from ip6 filter", nftMessage(t, unix.NFT_MSG_DELRULE, unix.NFPROTO_IPV6, "filter"), true},
 		{"a chain flushed away from ip filter", nftMessage(t, unix.NFT_MSG_DELCHAIN, unix.NFPROTO_IPV4, "filter"), true},
 		{"the ip nat table deleted by nft flush ruleset", nftMessage(t, unix.NFT_MSG_DELTABLE, unix.NFPROTO_IPV4, "nat"), true},
