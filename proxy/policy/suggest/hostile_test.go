@@ -176,7 +176,7 @@ func checkHostile(t *testing.T, choices []byte) {
 	own := map[[3]string]bool{}
 	for _, c := range hostile {
 		ep := mustEndpoint(c.endpoint)
-		if !ep.IsCredential(c.path) && served(ep, c.status) {
+		if !ep.IsCredential(c.path) && wasServed(ep, c.status) {
 			own[[3]string{c.endpoint, methodClass(c.method), c.path}] = true
 		}
 	}

@@ -71,7 +71,7 @@ func replay(t *testing.T, sc scenario, g grouping, log []byte, sug Suggestion, o
 		if !r.Decision.Forwarded() {
 			continue
 		}
-		if !served(ep, r.Status) {
+		if !wasServed(ep, r.Status) {
 			unserved = append(unserved, r)
 			continue
 		}
