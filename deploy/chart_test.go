@@ -155,8 +155,9 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"an extra argument that is not a flag", map[string]any{"extraArgs": []any{"cleanup"}}},
 	} {
 		t.Run(c.name+" is refused by the schema", func(t *testing.T) {
-			if _, err := render.Manifest(chartDir, c.values); err == nil {
-				t.Errorf("values %v render", c.values)
+			_, err := render.Manifest(chartDir, c.values)
+			if err == nil || !strings.Contains(err.Error(), "values don't meet the specifications of the schema") {
+				t.Errorf("values %v: %v, want the schema's refusal", c.values, err)
 			}
 		})
 	}

@@ -287,8 +287,9 @@ func TestChartMonitoring(t *testing.T) {
 		}
 	})
 	t.Run("both monitors at once are refused: every node would be scraped twice", func(t *testing.T) {
-		if _, err := render.Manifest(chartDir, map[string]any{"metrics": map[string]any{"podMonitor": on, "serviceMonitor": on}}); err == nil {
-			t.Error("rendered")
+		_, err := render.Manifest(chartDir, map[string]any{"metrics": map[string]any{"podMonitor": on, "serviceMonitor": on}})
+		if err == nil || !strings.Contains(err.Error(), "not both") {
+			t.Errorf("%v, want the chart's refusal of both monitors", err)
 		}
 	})
 	t.Run("the PrometheusRule and the dashboard carry the chart's files", func(t *testing.T) {
