@@ -68,7 +68,8 @@ func (p *Process) ResetPeak() error {
 	return nil
 }
 
-func readMemory(pid int) (Memory, error) {
+// ReadMemory reads a process's resident memory from /proc/PID/status.
+func ReadMemory(pid int) (Memory, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return Memory{}, err
@@ -138,7 +139,7 @@ func (p *Process) WatchMemory(interval time.Duration) (*MemoryWatch, error) {
 }
 
 func (w *MemoryWatch) sample() {
-	m, err := readMemory(w.pid)
+	m, err := ReadMemory(w.pid)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if err != nil {

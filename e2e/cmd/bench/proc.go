@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"metaguard.dev/metaguard/e2e/sandbox"
 )
 
 // clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat: 100
@@ -75,20 +77,12 @@ type memory struct{ rssKiB, hwmKiB int64 }
 func readMemory(pids []int) (memory, error) {
 	var m memory
 	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		pm, err := sandbox.ReadMemory(pid)
 		if err != nil {
 			return m, err
 		}
-		for _, l := range strings.Split(string(b), "\n") {
-			k, v, _ := strings.Cut(l, ":")
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			switch k {
-			case "VmRSS":
-				m.rssKiB += n
-			case "VmHWM":
-				m.hwmKiB += n
-			}
-		}
+		m.rssKiB += pm.RSS >> 10
+		m.hwmKiB += pm.Peak >> 10
 	}
 	return m, nil
 }
