@@ -291,8 +291,10 @@ func merge(rules []*ruleOut) []*ruleOut {
 	return out
 }
 
-// fingerprint is what a rule allows and says, without who used it how
-// often.
+// fingerprint is what a rule allows and says. Plain rules say nothing of
+// who used them; a credential rule's notes name its pods and counts, so two
+// of those merge only when they say the same (the same pods on aws and
+// aws-v6 with the same counts).
 func fingerprint(r *ruleOut) string {
 	var b strings.Builder
 	for _, e := range r.entries {
