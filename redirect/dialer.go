@@ -28,14 +28,17 @@ import (
 //     ACCEPTs marked connections to the endpoints. ACCEPT ends the nat
 //     table for that packet, and NAT is decided on a connection's first
 //     packet, so no later nat rule DNATs it.
-//   - NAT outside that chain (a rule inserted above the jump before the
-//     reconciler repairs it, kube-proxy's nftables mode, which has its own
-//     table, an eBPF datapath) is caught after the handshake and before
-//     any byte is sent: the dialer asks conntrack for the connection's
-//     entry, and if its reply tuple's source is not the endpoint, the
-//     connection is closed and the dial fails (the proxy answers 502).
-//     No entry means an untracked connection, which nothing can have
-//     NATed. A failed lookup fails the dial too.
+//   - Netfilter NAT outside that chain (a rule inserted above the jump
+//     before the reconciler repairs it, kube-proxy's nftables mode, which
+//     has its own table) is caught after the handshake and before any byte
+//     is sent: the dialer asks conntrack for the connection's entry, and if
+//     its reply tuple's source is not the endpoint, the connection is
+//     closed and the dial fails (the proxy answers 502). No entry means an
+//     untracked connection, which no netfilter rule can have NATed. A
+//     failed lookup fails the dial too. Translation outside netfilter (an
+//     eBPF datapath rewriting the socket's connect, as Cilium's socket
+//     load balancing does) leaves no conntrack entry to tell: it is not
+//     caught here (docs/operations.md, Known limits).
 //
 // It never uses NOTRACK for its flows: untracked replies are dropped by
 // nodes whose INPUT policy is DROP with an ESTABLISHED,RELATED accept, as
