@@ -44,11 +44,15 @@ func TestIPReusePastTheDeletionDeadline(t *testing.T) {
 	// An unknown address is answered after --identity-wait (1 s), then
 	// from the negative cache.
 	for time.Now().Before(deadline.Add(2500 * time.Millisecond)) {
+		// When the request is sent: metaguard judges it after that, so one
+		// sent past the deadline must never get A's access, while one sent
+		// just before it may be answered after it.
+		sent := time.Now()
 		r, _, err := podGet(n.ctx, n.s, wire, awsCreds, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		probes = append(probes, probe{time.Now(), r.status, r.body})
+		probes = append(probes, probe{sent, r.status, r.body})
 		time.Sleep(50 * time.Millisecond) // a steady trickle, not a flood
 	}
 	var before, after, leaks int
